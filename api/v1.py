@@ -1,0 +1,17 @@
+"""The versioned REST API: every router mounted under /api/v1."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.routers import device_types, devices, tenants, tokens, users
+
+API_PREFIX = "/api/v1"
+
+
+def build_v1_router() -> APIRouter:
+    """All /api/v1 routes."""
+    router = APIRouter(prefix=API_PREFIX)
+    for module in (tenants, users, tokens, device_types, devices):
+        router.include_router(module.router)
+    return router

@@ -1,0 +1,1 @@
+"""Device lifecycle: the registry now; credentials, status, shadow, commands and OTA later."""

@@ -1,0 +1,341 @@
+"""The device registry: device types and devices of one tenant, with filters and keyset pages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from model.devices import Device, DeviceStatus, DeviceType, MetricSpec
+from model.errors import ConflictError, InvalidInputError, NotFoundError
+from storage.database import TenantScope
+from storage.pagination import decode_cursor, encode_cursor
+from storage.tables import device_labels, device_types, devices
+from storage.types import utcnow
+
+MAX_PAGE_SIZE = 500
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFilter:
+    """What a device listing is restricted to; every field is optional."""
+
+    type_id: str | None = None
+    status: DeviceStatus | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing and the cursor of the next one (None on the last page)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+def _device_type(row: sa.Row[Any]) -> DeviceType:
+    return DeviceType(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        metrics=tuple(MetricSpec.model_validate(m) for m in row.metrics),
+        inactivity_timeout_s=row.inactivity_timeout_s,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _device(row: sa.Row[Any]) -> Device:
+    return Device(
+        id=row.id,
+        name=row.name,
+        type_id=row.type_id,
+        labels=dict(row.labels),
+        attributes=dict(row.attributes),
+        status=DeviceStatus(row.status),
+        last_seen_at=row.last_seen_at,
+        status_changed_at=row.status_changed_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class DeviceTypeRepository:
+    """Device types of the scope's tenant."""
+
+    def __init__(self, scope: TenantScope) -> None:
+        self._scope = scope
+
+    async def create(
+        self,
+        type_id: str,
+        *,
+        name: str,
+        description: str = "",
+        metrics: Sequence[MetricSpec] = (),
+        inactivity_timeout_s: int = 180,
+    ) -> DeviceType:
+        """Register a device type; ConflictError if the id is taken."""
+        _check_unique_metrics(metrics)
+        now = utcnow()
+        row = {
+            "id": type_id,
+            "name": name,
+            "description": description,
+            "metrics": [m.model_dump(mode="json") for m in metrics],
+            "inactivity_timeout_s": inactivity_timeout_s,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self._scope.conn.begin_nested():
+                await self._scope.insert(device_types, [row])
+        except IntegrityError as exc:
+            raise ConflictError(f"device type {type_id!r} already exists", id=type_id) from exc
+        return await self.get(type_id)
+
+    async def get(self, type_id: str) -> DeviceType:
+        """The device type, or NotFoundError."""
+        stmt = self._scope.select(device_types).where(device_types.c.id == type_id)
+        row = (await self._scope.conn.execute(stmt)).first()
+        if row is None:
+            raise NotFoundError("device type", type_id)
+        return _device_type(row)
+
+    async def exists(self, type_ids: Sequence[str]) -> set[str]:
+        """Which of ``type_ids`` exist in this tenant."""
+        stmt = self._scope.select(device_types, device_types.c.id).where(
+            device_types.c.id.in_(list(type_ids))
+        )
+        return set((await self._scope.conn.execute(stmt)).scalars())
+
+    async def list(self) -> list[DeviceType]:
+        """All device types, by id (tenants have tens of types, not thousands)."""
+        stmt = self._scope.select(device_types).order_by(device_types.c.id)
+        return [_device_type(r) for r in await self._scope.conn.execute(stmt)]
+
+    async def update(self, type_id: str, changes: Mapping[str, Any]) -> DeviceType:
+        """Change name, description, metrics or inactivity timeout."""
+        values = dict(changes)
+        if "metrics" in values:
+            metrics: Sequence[MetricSpec] = values["metrics"]
+            _check_unique_metrics(metrics)
+            values["metrics"] = [m.model_dump(mode="json") for m in metrics]
+        values["updated_at"] = utcnow()
+        stmt = self._scope.update(device_types).where(device_types.c.id == type_id).values(values)
+        if (await self._scope.conn.execute(stmt)).rowcount == 0:
+            raise NotFoundError("device type", type_id)
+        return await self.get(type_id)
+
+    async def delete(self, type_id: str) -> None:
+        """Remove a device type that no device uses any more."""
+        await self.get(type_id)
+        in_use = self._scope.select(devices, devices.c.id).where(devices.c.type_id == type_id)
+        if (await self._scope.conn.execute(in_use.limit(1))).first() is not None:
+            raise ConflictError(f"device type {type_id!r} still has devices", id=type_id)
+        await self._scope.conn.execute(self._scope.delete(device_types).where(device_types.c.id == type_id))
+
+
+def _check_unique_metrics(metrics: Sequence[MetricSpec]) -> None:
+    seen: set[str] = set()
+    for index, metric in enumerate(metrics):
+        if metric.name in seen:
+            raise InvalidInputError(
+                f"metric {metric.name!r} is declared twice",
+                errors=[{"loc": ["metrics", index, "name"], "msg": "duplicate metric name"}],
+            )
+        seen.add(metric.name)
+
+
+class DeviceRepository:
+    """Devices of the scope's tenant."""
+
+    def __init__(self, scope: TenantScope) -> None:
+        self._scope = scope
+
+    async def create_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert devices (id, name, type_id, labels, attributes) in one statement per table.
+
+        The caller has checked ids and types; a duplicate id raises ConflictError for the batch.
+        """
+        now = utcnow()
+        device_rows = [
+            {
+                "id": r["id"],
+                "name": r.get("name") or r["id"],
+                "type_id": r["type_id"],
+                "labels": dict(r.get("labels") or {}),
+                "attributes": dict(r.get("attributes") or {}),
+                "status": DeviceStatus.UNKNOWN.value,
+                "last_seen_at": None,
+                "status_changed_at": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for r in rows
+        ]
+        label_rows = [
+            {"device_id": d["id"], "key": k, "value": v} for d in device_rows for k, v in d["labels"].items()
+        ]
+        try:
+            async with self._scope.conn.begin_nested():
+                await self._scope.insert(devices, device_rows)
+                await self._scope.insert(device_labels, label_rows)
+        except IntegrityError as exc:
+            ids = [r["id"] for r in rows]
+            raise ConflictError(
+                f"device id already exists: {ids[0]!r}"
+                if len(ids) == 1
+                else "one of the device ids already exists",
+                ids=ids[:20],
+            ) from exc
+
+    async def create(
+        self,
+        device_id: str,
+        *,
+        type_id: str,
+        name: str = "",
+        labels: Mapping[str, str] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Device:
+        """Register one device; InvalidInputError for an unknown type, ConflictError for a taken id."""
+        if not await DeviceTypeRepository(self._scope).exists([type_id]):
+            raise InvalidInputError(
+                f"device type {type_id!r} does not exist",
+                errors=[{"loc": ["type_id"], "msg": f"unknown device type {type_id!r}"}],
+            )
+        await self.create_many(
+            [
+                {
+                    "id": device_id,
+                    "name": name,
+                    "type_id": type_id,
+                    "labels": labels,
+                    "attributes": attributes,
+                }
+            ]
+        )
+        return await self.get(device_id)
+
+    async def get(self, device_id: str) -> Device:
+        """The device, or NotFoundError (also for another tenant's device)."""
+        stmt = self._scope.select(devices).where(devices.c.id == device_id)
+        row = (await self._scope.conn.execute(stmt)).first()
+        if row is None:
+            raise NotFoundError("device", device_id)
+        return _device(row)
+
+    async def existing_ids(self, device_ids: Sequence[str]) -> set[str]:
+        """Which of ``device_ids`` are already registered."""
+        stmt = self._scope.select(devices, devices.c.id).where(devices.c.id.in_(list(device_ids)))
+        return set((await self._scope.conn.execute(stmt)).scalars())
+
+    async def list(self, flt: DeviceFilter, *, limit: int = 50, cursor: str | None = None) -> Page[Device]:
+        """A keyset page of devices in id order.
+
+        With a label filter the page is driven by the label index (ordered by device id), so a
+        rare label is as fast as a common one; other filters use the (tenant, type|status, id)
+        indexes or the primary key.
+        """
+        limit = max(1, min(limit, MAX_PAGE_SIZE))
+        after = decode_cursor(cursor) if cursor is not None else None
+        stmt = self._scope.select(devices)
+        key = devices.c.id
+        label_items = sorted(flt.labels.items())
+        if label_items:
+            first_key, first_value = label_items[0]
+            drive = device_labels.alias("drive")
+            stmt = stmt.join(
+                drive,
+                sa.and_(
+                    drive.c.tenant_id == devices.c.tenant_id,
+                    drive.c.device_id == devices.c.id,
+                ),
+            ).where(
+                drive.c.tenant_id == self._scope.tenant_id,
+                drive.c.key == first_key,
+                drive.c.value == first_value,
+            )
+            key = drive.c.device_id
+            for label_key, label_value in label_items[1:]:
+                extra = device_labels.alias()
+                stmt = stmt.where(
+                    sa.exists().where(
+                        extra.c.tenant_id == devices.c.tenant_id,
+                        extra.c.device_id == devices.c.id,
+                        extra.c.key == label_key,
+                        extra.c.value == label_value,
+                    )
+                )
+        if flt.type_id is not None:
+            stmt = stmt.where(devices.c.type_id == flt.type_id)
+        if flt.status is not None:
+            stmt = stmt.where(devices.c.status == flt.status.value)
+        if flt.text:
+            pattern = (
+                "%" + flt.text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            )
+            stmt = stmt.where(
+                sa.or_(
+                    sa.func.lower(devices.c.id).like(pattern, escape="\\"),
+                    sa.func.lower(devices.c.name).like(pattern, escape="\\"),
+                )
+            )
+        if after is not None:
+            stmt = stmt.where(key > after)
+        stmt = stmt.order_by(key).limit(limit + 1)
+        rows = (await self._scope.conn.execute(stmt)).all()
+        items = [_device(r) for r in rows[:limit]]
+        next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def update(self, device_id: str, changes: Mapping[str, Any]) -> Device:
+        """Change name, type, labels (replaced whole) or attributes (replaced whole)."""
+        values = dict(changes)
+        if "type_id" in values and not await DeviceTypeRepository(self._scope).exists([values["type_id"]]):
+            raise InvalidInputError(
+                f"device type {values['type_id']!r} does not exist",
+                errors=[{"loc": ["type_id"], "msg": f"unknown device type {values['type_id']!r}"}],
+            )
+        values["updated_at"] = utcnow()
+        stmt = self._scope.update(devices).where(devices.c.id == device_id).values(values)
+        if (await self._scope.conn.execute(stmt)).rowcount == 0:
+            raise NotFoundError("device", device_id)
+        if "labels" in values:
+            await self._scope.conn.execute(
+                self._scope.delete(device_labels).where(device_labels.c.device_id == device_id)
+            )
+            await self._scope.insert(
+                device_labels,
+                [{"device_id": device_id, "key": k, "value": v} for k, v in values["labels"].items()],
+            )
+        return await self.get(device_id)
+
+    async def delete(self, device_id: str) -> None:
+        """Decommission a device from the registry (its labels go with it)."""
+        await self._scope.conn.execute(
+            self._scope.delete(device_labels).where(device_labels.c.device_id == device_id)
+        )
+        stmt = self._scope.delete(devices).where(devices.c.id == device_id)
+        if (await self._scope.conn.execute(stmt)).rowcount == 0:
+            raise NotFoundError("device", device_id)
+
+    async def set_status(
+        self, device_id: str, status: DeviceStatus, *, seen_at: datetime | None = None
+    ) -> None:
+        """Record connectivity (used by ingestion)."""
+        now = utcnow()
+        values: dict[str, Any] = {"status": status.value, "status_changed_at": now}
+        if seen_at is not None:
+            values["last_seen_at"] = seen_at
+        stmt = self._scope.update(devices).where(devices.c.id == device_id).values(values)
+        if (await self._scope.conn.execute(stmt)).rowcount == 0:
+            raise NotFoundError("device", device_id)

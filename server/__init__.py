@@ -1,0 +1,1 @@
+"""Composition root: settings, the application factory, lifespan wiring and the ``flatgigs`` CLI."""

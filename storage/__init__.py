@@ -1,0 +1,1 @@
+"""Relational storage (SQLAlchemy, migrations, row-level security); telemetry stores come later."""

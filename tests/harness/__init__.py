@@ -1,0 +1,1 @@
+"""Private, throw-away instances of the real servers (Mosquitto, InfluxDB, PostgreSQL) for tests."""
