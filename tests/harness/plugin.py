@@ -78,4 +78,4 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     try:
         yield server
     finally:
-        server.stop()
+        server.close()

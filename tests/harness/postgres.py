@@ -63,8 +63,8 @@ def make_dsn(host: str, port: int, dbname: str, user: str, password: str | None 
 class PostgresServer:
     """Handle on a PostgreSQL server: DSNs, and helpers to create databases and roles.
 
-    `process` is None for an external server (FLATGIGS_TEST_POSTGRES_URL); then only
-    the databases and roles created through this handle are dropped by stop().
+    `process` is None for an external server (FLATGIGS_TEST_POSTGRES_URL): it cannot
+    be stopped or restarted, and close() drops only what this handle created.
     """
 
     host: str
@@ -125,9 +125,10 @@ class PostgresServer:
 
     def create_database(self, name: str, owner: str | None = None) -> None:
         """CREATE DATABASE `name` (optionally OWNER `owner`)."""
-        statement = self._format("CREATE DATABASE %I", name)
-        if owner is not None:
-            statement += " OWNER " + self._format("%I", owner)
+        if owner is None:
+            statement = self._format("CREATE DATABASE %I", name)
+        else:
+            statement = self._format("CREATE DATABASE %I OWNER %I", name, owner)
         self.execute(statement)
         self._created_databases.append(name)
 
@@ -141,12 +142,14 @@ class PostgresServer:
         login: bool = True,
     ) -> None:
         """CREATE ROLE `name` (LOGIN by default) with the given password and attributes."""
-        statement = self._format("CREATE ROLE %I", name)
-        statement += " LOGIN" if login else " NOLOGIN"
-        statement += " SUPERUSER" if superuser else " NOSUPERUSER"
-        statement += " BYPASSRLS" if bypassrls else " NOBYPASSRLS"
-        if password is not None:
-            statement += " PASSWORD " + self._format("%L", password)
+        template = "CREATE ROLE %I"
+        template += " LOGIN" if login else " NOLOGIN"
+        template += " SUPERUSER" if superuser else " NOSUPERUSER"
+        template += " BYPASSRLS" if bypassrls else " NOBYPASSRLS"
+        if password is None:
+            statement = self._format(template, name)
+        else:
+            statement = self._format(template + " PASSWORD %L", name, password)
         self.execute(statement)
         self._created_roles.append(name)
 
@@ -160,16 +163,24 @@ class PostgresServer:
 
     def restart(self, timeout: float = START_TIMEOUT_S) -> None:
         """Stop (fast shutdown, if running) and start the private cluster again."""
-        if self.process is None:
-            raise RuntimeError("an external PostgreSQL server cannot be restarted by the tests")
-        self.process.stop(STOP_SIGNAL)
+        self.stop()
         self.start(timeout)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the private cluster by PID and delete it; for an external server, clean up.
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Stop the private server by PID, keeping its data (start() brings it back).
 
-        Private: SIGINT (fast shutdown), SIGKILL after `timeout`, then the data
-        directory is removed (the log stays with pytest's temp files).
+        SIGINT (fast shutdown), then SIGKILL after `timeout`; returns the exit code.
+        """
+        if self.process is None:
+            raise RuntimeError("an external PostgreSQL server cannot be stopped by the tests")
+        return self.process.stop(STOP_SIGNAL, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End of the session: stop and delete a private cluster; clean up an external one.
+
+        For a private cluster the data directory is removed (the log stays with
+        pytest's temp files); on an external server only the databases and roles
+        created through this handle are dropped.
         """
         if self.process is None:
             self._drop_created_objects()

@@ -10,6 +10,7 @@ import pwd
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,9 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 cwd=self.cwd,
-                # Own session => own process group whose id is our PID, so signals
-                # (Ctrl-C at the terminal, kill of the group) reach only this server.
+                # Own session => own process group whose id is the PID: a Ctrl-C at the
+                # terminal reaches only pytest, whose teardown then stops the server in
+                # order, and killpg(PID) reaches the server and nothing else.
                 start_new_session=True,
                 **run_as_kwargs(self.user),
             )
@@ -124,13 +126,31 @@ class ManagedProcess:
             raise RuntimeError(f"{self.name} is not running")
         return self._popen
 
-    def _signal_group(self, sig: signal.Signals) -> None:
-        # Only while the leader is not reaped: then the group id (== our PID) is
-        # guaranteed to still be ours and cannot have been reused.
-        popen = self._require_running()
-        # ProcessLookupError: it exited between the check and the signal.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, sig)
+    @staticmethod
+    def _signal_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        # Only while the leader is not reaped: then the group id (== its PID) is
+        # guaranteed to still be ours and cannot have been reused. If it exits in
+        # the meantime, there is nothing left to signal: no error.
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, sig)
+
+    def _signal_tree(self, popen: subprocess.Popen[bytes], sig: signal.Signals) -> list[int]:
+        """Send `sig` to our process group and to every descendant; return the descendants.
+
+        The group alone is not enough: PostgreSQL puts each child in its own
+        process group (setsid), so they would survive a kill of the postmaster's
+        group and keep the shared memory and data directory busy.
+        """
+        if sig == signal.SIGKILL:
+            # Freeze the leader first so it cannot fork a child we do not know of.
+            self._signal_group(popen, signal.SIGSTOP)
+        descendants = descendant_pids(popen.pid)
+        self._signal_group(popen, sig)
+        for pid in descendants:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        return descendants
 
     def stop(
         self, sig: signal.Signals = signal.SIGTERM, timeout: float = DEFAULT_STOP_TIMEOUT_S
@@ -146,8 +166,7 @@ class ManagedProcess:
             logger.info("stopping %s (PID %d) with %s", self.name, popen.pid, sig.name)
             popen.send_signal(sig)
             # A paused (SIGSTOPped) server would never act on the signal above.
-            if popen.poll() is None:
-                self._signal_group(signal.SIGCONT)
+            self._signal_tree(popen, signal.SIGCONT)
             try:
                 popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -163,24 +182,28 @@ class ManagedProcess:
         return popen.returncode
 
     def kill(self) -> int | None:
-        """SIGKILL the whole process group at once (a crash, for fault injection)."""
+        """SIGKILL the process and all its descendants at once (a crash, for fault injection).
+
+        Returns once they are all gone, so a restart() cannot trip over leftovers.
+        """
         popen = self._popen
         if popen is None:
             return None
         if popen.poll() is None:
-            logger.info("killing %s (PID %d and its group)", self.name, popen.pid)
-            self._signal_group(signal.SIGKILL)
+            logger.info("killing %s (PID %d and its descendants)", self.name, popen.pid)
+            descendants = self._signal_tree(popen, signal.SIGKILL)
             popen.wait()
+            _wait_gone(descendants, DEFAULT_STOP_TIMEOUT_S)
         _live.discard(self)
         return popen.returncode
 
     def pause(self) -> None:
-        """Freeze the process group with SIGSTOP (a hung server, for fault injection)."""
-        self._signal_group(signal.SIGSTOP)
+        """Freeze the process and its descendants with SIGSTOP (a hung server)."""
+        self._signal_tree(self._require_running(), signal.SIGSTOP)
 
     def resume(self) -> None:
-        """Continue a process group frozen by pause()."""
-        self._signal_group(signal.SIGCONT)
+        """Continue the processes frozen by pause()."""
+        self._signal_tree(self._require_running(), signal.SIGCONT)
 
     def log_tail(self, n: int = 40) -> str:
         """The last `n` lines of the process log (empty if there is none yet)."""
@@ -193,6 +216,49 @@ class ManagedProcess:
             return ""
         lines = data.decode("utf-8", errors="replace").splitlines()
         return "\n".join(lines[-n:])
+
+
+def descendant_pids(root: int) -> list[int]:
+    """PIDs of all live descendants of `root`, from the parent links in /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited while we were looking
+            continue
+        # Format: "pid (comm) state ppid ..."; comm may contain spaces and parentheses.
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    # Not our children (their parent is the server we just reaped), so no wait():
+    # poll for existence; zombies count as gone, init reaps them.
+    deadline = time.monotonic() + timeout
+    remaining = list(pids)
+    while remaining and time.monotonic() < deadline:
+        remaining = [pid for pid in remaining if _alive(pid)]
+        if remaining:
+            time.sleep(0.01)
+    if remaining:
+        logger.warning("processes %s survived SIGKILL for %.1fs", remaining, timeout)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
 
 
 @atexit.register
