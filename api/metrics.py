@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -57,6 +59,18 @@ class MetricsMiddleware:
 
 
 def _route_template(scope: Scope) -> str:
-    # The router records the matched route in the (shared) scope while dispatching.
-    route = scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+    """The path template a request matched, e.g. ``/api/v1/devices/{device_id}``.
+
+    Templates come from the OpenAPI document (the one complete list of routes, whatever the
+    framework's router nesting), compiled once per application.
+    """
+    app = scope.get("app")
+    patterns: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "_route_patterns", None)
+    if patterns is None:
+        patterns = [(compile_path(path)[0], path) for path in app.openapi()["paths"]]
+        app.state._route_patterns = patterns
+    path = scope["path"]
+    for regex, template in patterns:
+        if regex.match(path):
+            return template
+    return "unmatched"
