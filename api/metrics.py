@@ -65,6 +65,8 @@ def _route_template(scope: Scope) -> str:
     framework's router nesting), compiled once per application.
     """
     app = scope.get("app")
+    if app is None:
+        return "unmatched"
     patterns: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "_route_patterns", None)
     if patterns is None:
         patterns = [(compile_path(path)[0], path) for path in app.openapi()["paths"]]
