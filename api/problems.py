@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.errors import BackpressureError, PlatformError
+from model.errors import AuthenticationError, BackpressureError, PlatformError
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ async def _platform_error(request: Request, exc: Exception) -> JSONResponse:
     headers = None
     if isinstance(exc, BackpressureError):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    elif isinstance(exc, AuthenticationError):
+        headers = {"WWW-Authenticate": 'Bearer realm="flatgigs"'}
     if exc.status >= 500:
         logger.error("request failed: %s", exc.detail)
     return problem_response(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -106,3 +107,13 @@ class DeviceSpec(BaseModel):
     name: Name | None = None
     labels: Labels = {}
     attributes: Attributes = {}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProfile:
+    """What ingestion needs to know about a device: its type's catalogue and silence timeout."""
+
+    device_id: str
+    type_id: str
+    metrics: Mapping[str, MetricSpec]
+    inactivity_timeout_s: int

@@ -30,6 +30,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await db.assert_isolating_role()
         logger.info("flatgigs serving on %s (database: %s)", settings.public_url, db.dialect)
         try:
             yield

@@ -12,6 +12,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from model.errors import ConfigurationError
+
 logger = logging.getLogger(__name__)
 
 _SET_TENANT = sa.text("SELECT set_config('app.tenant_id', :tenant, true)")
@@ -89,6 +91,43 @@ class Database:
         """A transaction with no tenant set: platform tables only (RLS hides tenant rows)."""
         async with self.engine.begin() as conn:
             yield conn
+
+    async def assert_isolating_role(self) -> None:
+        """Refuse a PostgreSQL role that would switch row-level security off.
+
+        A superuser, a role with BYPASSRLS, or the owner of the tables is not subject to the
+        tenant policies (FORCE applies to owners, but owners can disable it): connecting as one
+        would silently turn isolation into a suggestion.
+        """
+        if self.is_sqlite:
+            return
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT r.rolname, r.rolsuper, r.rolbypassrls,"
+                        " (SELECT count(*) FROM pg_tables t WHERE t.schemaname = 'public'"
+                        "  AND t.tableowner = r.rolname) AS owned"
+                        " FROM pg_roles r WHERE r.rolname = current_user"
+                    )
+                )
+            ).one()
+        problems = [
+            text
+            for flag, text in (
+                (row.rolsuper, "is a superuser"),
+                (row.rolbypassrls, "has BYPASSRLS"),
+                (row.owned > 0, f"owns {row.owned} table(s)"),
+            )
+            if flag
+        ]
+        if problems:
+            raise ConfigurationError(
+                f"the application's database role {row.rolname!r} {' and '.join(problems)}: it would "
+                "bypass row-level security. Connect FLATGIGS_DATABASE_URL as a NOSUPERUSER NOBYPASSRLS "
+                "role that owns no table, and run migrations with FLATGIGS_MIGRATION_DATABASE_URL.",
+                role=row.rolname,
+            )
 
     async def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""

@@ -143,6 +143,41 @@ device_labels = sa.Table(
     sa.Index(None, "tenant_id", "key", "value", "device_id"),
 )
 
+# Messages the pipeline refused, per tenant, for inspection through the API (pruned to a bound).
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    _tenant_column(),
+    sa.Column("device_id", sa.String(128), nullable=True),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text(), nullable=False),
+    sa.Column("source_kind", sa.String(16), nullable=False),
+    sa.Column("source_instance", sa.String(128), nullable=False),
+    sa.Column("payload", sa.LargeBinary(), nullable=False),
+    sa.Column("received_at", UtcDateTime(), nullable=False),
+    sa.Index(None, "tenant_id", "id"),
+)
+
+# Per-device secrets for HTTP and CoAP ingestion; stored only as a hash.
+device_credentials = sa.Table(
+    "device_credentials",
+    metadata,
+    _tenant_column(),
+    sa.Column("id", sa.String(40), nullable=False),
+    sa.Column("device_id", sa.String(128), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.PrimaryKeyConstraint("tenant_id", "id"),
+    sa.ForeignKeyConstraint(
+        ["tenant_id", "device_id"],
+        ["devices.tenant_id", "devices.id"],
+        ondelete="CASCADE",
+    ),
+    sa.Index(None, "tenant_id", "device_id"),
+)
+
 
 def tenant_owned_tables() -> list[sa.Table]:
     """Every table whose rows belong to one tenant."""

@@ -27,6 +27,7 @@ def _grant_app_role(connection: Connection) -> None:
     connection.execute(
         sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}")
     )
+    connection.execute(sa.text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
     connection.execute(sa.text(f"REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM {quoted}"))
 
 

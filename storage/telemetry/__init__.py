@@ -1,0 +1,1 @@
+"""Telemetry stores: one port, an embedded implementation (default) and InfluxDB (production)."""
