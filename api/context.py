@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Request
 
+from connectors.base import ReadingSink
+from model.errors import PlatformError
+from pipeline.live import LiveHub
 from storage.database import Database
+from storage.telemetry.port import TelemetryStore
+
+
+class ServiceUnavailableError(PlatformError):
+    """A part of the platform this route needs is not running in this process."""
+
+    slug = "service-unavailable"
+    status = 503
+    title = "Service unavailable"
 
 
 @dataclass(slots=True)
@@ -15,7 +27,22 @@ class ApiContext:
 
     database: Database
     max_body_bytes: int
-    ready_checks: list[str] = field(default_factory=lambda: ["database"])
+    telemetry: TelemetryStore | None = None
+    sink: ReadingSink | None = None
+    live: LiveHub | None = None
+    device_payload_bytes: int = 65_536
+
+    def require_telemetry(self) -> TelemetryStore:
+        """The telemetry store, or 503 if this process has none."""
+        if self.telemetry is None:
+            raise ServiceUnavailableError("telemetry storage is not configured in this process")
+        return self.telemetry
+
+    def require_sink(self) -> ReadingSink:
+        """The ingestion sink, or 503 if this process does not ingest."""
+        if self.sink is None:
+            raise ServiceUnavailableError("ingestion is not running in this process")
+        return self.sink
 
 
 def api_context(request: Request) -> ApiContext:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routers import device_types, devices, tenants, tokens, users
+from api.routers import (
+    dead_letters,
+    device_credentials,
+    device_types,
+    devices,
+    ingest,
+    telemetry,
+    tenants,
+    tokens,
+    users,
+)
 
 API_PREFIX = "/api/v1"
 
@@ -12,6 +22,16 @@ API_PREFIX = "/api/v1"
 def build_v1_router() -> APIRouter:
     """All /api/v1 routes."""
     router = APIRouter(prefix=API_PREFIX)
-    for module in (tenants, users, tokens, device_types, devices):
+    for module in (
+        tenants,
+        users,
+        tokens,
+        device_types,
+        devices,
+        device_credentials,
+        telemetry,
+        dead_letters,
+        ingest,
+    ):
         router.include_router(module.router)
     return router

@@ -15,25 +15,41 @@ from api.metrics import HttpMetrics, MetricsMiddleware
 from api.problems import install_problem_handlers
 from api.routers import health
 from api.v1 import build_v1_router
+from connectors.base import Connector
+from server.runtime import Runtime
 from server.settings import Settings
 from storage.database import Database
+from storage.telemetry.port import TelemetryStore
 
 logger = logging.getLogger(__name__)
 
 API_VERSION = "1.0.0"
 
 
-def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
-    """A flatgigs HTTP application. ``database`` is created from settings unless given."""
+def create_app(
+    settings: Settings,
+    database: Database | None = None,
+    *,
+    telemetry: TelemetryStore | None = None,
+    connectors: list[Connector] | None = None,
+) -> FastAPI:
+    """A flatgigs process: HTTP API plus the pipeline, connectors and stores it runs.
+
+    ``database``, ``telemetry`` and ``connectors`` are built from settings unless given.
+    Background work (ingestion, connectors) runs for the app's lifespan.
+    """
     db = database or Database(settings.app_database_url, pool_size=settings.db_pool_size)
     owns_db = database is None
+    registry = CollectorRegistry()
+    runtime = Runtime.build(settings, db, registry, telemetry=telemetry, connectors=connectors)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await db.assert_isolating_role()
         logger.info("flatgigs serving on %s (database: %s)", settings.public_url, db.dialect)
         try:
-            yield
+            async with runtime.running():
+                yield
         finally:
             if owns_db:
                 await db.dispose()
@@ -49,8 +65,15 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    app.state.api_context = ApiContext(database=db, max_body_bytes=settings.max_body_bytes)
-    registry = CollectorRegistry()
+    app.state.api_context = ApiContext(
+        database=db,
+        max_body_bytes=settings.max_body_bytes,
+        telemetry=runtime.telemetry,
+        sink=runtime.bus,
+        live=runtime.hub,
+        device_payload_bytes=settings.device_payload_bytes,
+    )
+    app.state.runtime = runtime
     app.state.metrics_registry = registry
     install_problem_handlers(app)
     app.include_router(health.router)

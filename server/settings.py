@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     public_url: str | None = Field(default=None, description="Base URL shown to users.")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    influx_url: str | None = Field(
+        default=None, description="InfluxDB 1.x-compatible HTTP URL; default: the embedded store."
+    )
+    influx_database_prefix: str = Field(default="flatgigs_", pattern=r"^[a-z_][a-z0-9_]{0,30}$")
+    mqtt_url: str | None = Field(
+        default=None, description="mqtt://host:port of the broker to ingest from; default: no MQTT."
+    )
+    mqtt_client_id: str = Field(default="flatgigs-ingest", min_length=1, max_length=64)
+    mqtt_shared_group: str | None = Field(
+        default=None, description="Shared-subscription group, so several workers split the load."
+    )
+    ingest_queue_size: int = Field(default=10_000, ge=10, le=1_000_000)
+    ingest_batch_size: int = Field(default=500, ge=1, le=10_000)
+    device_payload_bytes: int = Field(default=65_536, ge=256, le=1_048_576)
 
     @field_validator("secret_key")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from model.readings import Source
-from model.rejections import RejectReason, Rejection
+from model.rejections import Rejection, RejectReason
 from storage.database import TenantScope
 from storage.tables import dead_letters
 

@@ -7,7 +7,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Top to bottom, as in ARCHITECTURE.md: a package may import only packages below it.
-LAYERS = ["server", "editor", "api", "engine", "notifiers", "devices", "pipeline", "connectors", "storage", "model"]
+LAYERS = [
+    "server",
+    "editor",
+    "api",
+    "engine",
+    "notifiers",
+    "devices",
+    "pipeline",
+    "connectors",
+    "storage",
+    "model",
+]
 
 
 def _imported_packages(path: Path) -> set[str]:

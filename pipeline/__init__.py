@@ -1,0 +1,1 @@
+"""The telemetry path: bounded bus, validation, batching, backpressure, dead letters, live fan-out."""

@@ -1,0 +1,232 @@
+"""Ingestion: validate readings against the registry, store them in batches, track status, fan out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+from model.devices import DataType, DeviceProfile, MetricSpec
+from model.errors import BackpressureError, PlatformError
+from model.readings import MetricValue, Quality, Reading
+from model.rejections import Rejection, RejectReason
+from pipeline.bus import ReadingBus
+from pipeline.deadletters import DeadLetterRecorder
+from pipeline.live import LiveHub
+from pipeline.metrics import PipelineMetrics
+from pipeline.status import StatusChange, StatusTracker
+from storage.telemetry.port import TelemetryStore
+
+logger = logging.getLogger(__name__)
+
+
+class DeviceCatalogue(Protocol):
+    """What ingestion needs from the device registry (wired by the composition root)."""
+
+    async def profiles(self, tenant_id: str, device_ids: Collection[str]) -> dict[str, DeviceProfile]:
+        """Profiles of the devices of ``tenant_id`` that exist among ``device_ids``."""
+        ...
+
+    async def record_status(self, changes: Sequence[StatusChange]) -> None:
+        """Persist status changes (online/offline with the time last seen)."""
+        ...
+
+
+ReadingConsumer = Callable[[Reading], Awaitable[None]]
+StatusConsumer = Callable[[StatusChange], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    reading: Reading | None
+    rejection: Rejection | None
+
+
+def _type_ok(spec: MetricSpec, value: MetricValue) -> bool:
+    if spec.data_type is DataType.BOOLEAN:
+        return isinstance(value, bool)
+    if spec.data_type is DataType.STRING:
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return spec.data_type is DataType.NUMBER or float(value).is_integer()
+
+
+def _in_range(spec: MetricSpec, value: MetricValue) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return True
+    return (spec.min is None or value >= spec.min) and (spec.max is None or value <= spec.max)
+
+
+def check_reading(reading: Reading, profile: DeviceProfile | None, now: datetime) -> _Verdict:
+    """Accept a reading as declared by its device type's catalogue, or say why not.
+
+    Policy (ADR 0008): an unknown device, a metric missing from the catalogue or a value of the
+    wrong type refuses the whole reading; a value outside the catalogue's range is kept with
+    quality ``uncertain``, because an implausible value may be the very event a rule looks for.
+    """
+
+    def refuse(reason: RejectReason, detail: str) -> _Verdict:
+        rejection = Rejection(reading.tenant_id, reading.device_id, reason, detail, reading.source, b"", now)
+        return _Verdict(None, rejection)
+
+    if profile is None:
+        return refuse(
+            RejectReason.UNKNOWN_DEVICE, f"device {reading.device_id!r} is not registered in this tenant"
+        )
+    quality = reading.quality
+    for name, value in reading.metrics.items():
+        spec = profile.metrics.get(name)
+        if spec is None:
+            known = ", ".join(sorted(profile.metrics)) or "none"
+            return refuse(
+                RejectReason.UNKNOWN_METRIC,
+                f"metric {name!r} is not in the catalogue of type {profile.type_id!r} (known: {known})",
+            )
+        if not _type_ok(spec, value):
+            return refuse(
+                RejectReason.WRONG_TYPE, f"metric {name!r} must be {spec.data_type.value}, got {value!r}"
+            )
+        if not _in_range(spec, value):
+            quality = Quality.UNCERTAIN
+    return _Verdict(reading if quality is reading.quality else replace(reading, quality=quality), None)
+
+
+class Ingestor:
+    """Moves readings from the bus into the store and out to live clients and consumers."""
+
+    def __init__(
+        self,
+        bus: ReadingBus,
+        store: TelemetryStore,
+        catalogue: DeviceCatalogue,
+        recorder: DeadLetterRecorder,
+        hub: LiveHub,
+        metrics: PipelineMetrics,
+        *,
+        batch_size: int = 500,
+        max_wait: float = 0.05,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_retry_delay: float = 5.0,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.catalogue = catalogue
+        self.recorder = recorder
+        self.hub = hub
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.max_wait = max_wait
+        self.clock = clock
+        self.max_retry_delay = max_retry_delay
+        self.status = StatusTracker()
+        self.reading_consumers: list[ReadingConsumer] = []
+        self.status_consumers: list[StatusConsumer] = []
+
+    async def run(self) -> None:
+        """Process batches until cancelled."""
+        while True:
+            batch = await self.bus.next_batch(self.batch_size, self.max_wait)
+            self.metrics.bus_depth.set(self.bus.depth)
+            started = time.perf_counter()
+            await self.process(batch)
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def run_status_sweeper(self, interval: float = 5.0) -> None:
+        """Mark devices offline when they stay silent past their type's timeout."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.sweep()
+
+    async def sweep(self) -> list[StatusChange]:
+        """One pass of the inactivity check (also called by tests with a controlled clock)."""
+        changes = self.status.sweep(self.clock())
+        await self._publish_status(changes)
+        return changes
+
+    async def process(self, batch: Sequence[Reading]) -> list[Reading]:
+        """Validate, store, track and fan out one batch; returns the readings accepted."""
+        now = self.clock()
+        accepted = await self._validate(batch, now)
+        if accepted:
+            await self._store(accepted, now)
+        stored = [r for r in accepted if r is not None]
+        if not stored:
+            return []
+        self.metrics.stored.inc(len(stored))
+        await self._publish_status(self.status.seen(stored, now))
+        for reading in stored:
+            self.hub.publish_reading(reading)
+            for consumer in self.reading_consumers:
+                try:
+                    await consumer(reading)
+                except Exception:  # one failing consumer must not stop ingestion
+                    logger.exception(
+                        "reading consumer failed for %s/%s", reading.tenant_id, reading.device_id
+                    )
+        return stored
+
+    async def _validate(self, batch: Sequence[Reading], now: datetime) -> list[Reading]:
+        by_tenant: dict[str, set[str]] = {}
+        for reading in batch:
+            self.metrics.received.labels(reading.source.kind).inc()
+            by_tenant.setdefault(reading.tenant_id, set()).add(reading.device_id)
+        profiles: dict[tuple[str, str], DeviceProfile] = {}
+        for tenant_id, device_ids in by_tenant.items():
+            found = await self.catalogue.profiles(tenant_id, device_ids)
+            profiles.update({(tenant_id, d): p for d, p in found.items()})
+            self.status.learn(tenant_id, found.values())
+        accepted = []
+        for reading in batch:
+            verdict = check_reading(reading, profiles.get((reading.tenant_id, reading.device_id)), now)
+            if verdict.rejection is not None:
+                self.recorder.record(verdict.rejection)
+            elif verdict.reading is not None:
+                accepted.append(verdict.reading)
+        return accepted
+
+    async def _store(self, readings: list[Reading], now: datetime) -> None:
+        """Write with retries while the store pushes back; the bus fills meanwhile (backpressure)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.store.write(readings)
+                return
+            except BackpressureError as exc:
+                self.metrics.store_retries.inc()
+                logger.warning(
+                    "telemetry store pushes back (%s); retrying %d readings", exc.detail, len(readings)
+                )
+                await asyncio.sleep(min(max(delay, 0.05), exc.retry_after, self.max_retry_delay))
+                delay = min(delay * 2, self.max_retry_delay)
+            except PlatformError as exc:
+                refused: Mapping[int, str] = getattr(exc, "refused_indexes", {})
+                if not refused:
+                    refused = dict.fromkeys(range(len(readings)), exc.detail)
+                for index, reason in refused.items():
+                    r = readings[index]
+                    self.recorder.record(
+                        Rejection(
+                            r.tenant_id, r.device_id, RejectReason.STORE_REJECTED, reason, r.source, b"", now
+                        )
+                    )
+                keep = [r for i, r in enumerate(readings) if i not in refused]
+                readings[:] = keep
+                return
+
+    async def _publish_status(self, changes: Sequence[StatusChange]) -> None:
+        if not changes:
+            return
+        await self.catalogue.record_status(changes)
+        for change in changes:
+            self.metrics.status_changes.labels(change.status).inc()
+            self.hub.publish_status(change.tenant_id, change.device_id, change.status, change.at)
+            for consumer in self.status_consumers:
+                try:
+                    await consumer(change)
+                except Exception:
+                    logger.exception("status consumer failed for %s/%s", change.tenant_id, change.device_id)

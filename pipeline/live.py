@@ -1,0 +1,134 @@
+"""Live fan-out of readings and status changes to WebSocket/SSE subscribers, per tenant.
+
+A slow subscriber has a bounded buffer: the oldest events are dropped and the subscriber is told
+how many it missed. Publishing never waits, so no client can slow ingestion down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from model.readings import Reading
+
+
+@dataclass(frozen=True, slots=True)
+class LiveEvent:
+    """One event on a live stream: a reading, a status change, or a note of missed events."""
+
+    kind: str  # "reading" | "status" | "missed"
+    data: dict[str, Any]
+
+
+def reading_event(reading: Reading, metrics: Iterable[str] | None = None) -> LiveEvent:
+    """The live event of a reading, optionally restricted to some metrics."""
+    wanted = set(metrics) if metrics else None
+    values = {k: v for k, v in reading.metrics.items() if wanted is None or k in wanted}
+    return LiveEvent(
+        "reading",
+        {
+            "tenant_id": reading.tenant_id,
+            "device_id": reading.device_id,
+            "ts": reading.ts.isoformat(),
+            "metrics": values,
+            "source": {"kind": reading.source.kind, "instance": reading.source.instance},
+            "quality": reading.quality.value,
+        },
+    )
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's filtered, bounded view of a tenant's live events."""
+
+    tenant_id: str
+    devices: frozenset[str] | None
+    metrics: frozenset[str] | None
+    capacity: int
+    _events: deque[LiveEvent] = field(init=False)
+    _wakeup: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    missed: int = 0
+    _unreported: int = 0
+
+    def __post_init__(self) -> None:
+        self._events = deque(maxlen=self.capacity)
+
+    def wants(self, device_id: str) -> bool:
+        """Whether events of ``device_id`` pass this subscription's device filter."""
+        return self.devices is None or device_id in self.devices
+
+    def push(self, event: LiveEvent) -> None:
+        """Queue an event, dropping the oldest when full (never blocks)."""
+        if len(self._events) == self.capacity:
+            self.missed += 1
+            self._unreported += 1
+        self._events.append(event)
+        self._wakeup.set()
+
+    async def __aiter__(self) -> AsyncIterator[LiveEvent]:
+        while True:
+            if not self._events:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._unreported:
+                yield LiveEvent("missed", {"count": self._unreported})
+                self._unreported = 0
+            while self._events:
+                yield self._events.popleft()
+
+
+class LiveHub:
+    """Routes events to the subscriptions of their tenant."""
+
+    def __init__(self) -> None:
+        self._subscriptions: dict[str, set[Subscription]] = {}
+
+    def subscribe(
+        self,
+        tenant_id: str,
+        *,
+        devices: Iterable[str] | None = None,
+        metrics: Iterable[str] | None = None,
+        capacity: int = 256,
+    ) -> Subscription:
+        """A new subscription; call ``unsubscribe`` when the client goes away."""
+        sub = Subscription(
+            tenant_id,
+            frozenset(devices) if devices else None,
+            frozenset(metrics) if metrics else None,
+            capacity,
+        )
+        self._subscriptions.setdefault(tenant_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Forget a subscription."""
+        subs = self._subscriptions.get(sub.tenant_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscriptions[sub.tenant_id]
+
+    def subscribers(self, tenant_id: str) -> int:
+        """How many subscriptions a tenant has."""
+        return len(self._subscriptions.get(tenant_id, ()))
+
+    def publish_reading(self, reading: Reading) -> None:
+        """Deliver a reading to every interested subscription of its tenant."""
+        for sub in self._subscriptions.get(reading.tenant_id, ()):
+            if not sub.wants(reading.device_id):
+                continue
+            if sub.metrics is not None and not sub.metrics.intersection(reading.metrics):
+                continue
+            sub.push(reading_event(reading, sub.metrics))
+
+    def publish_status(self, tenant_id: str, device_id: str, status: str, at: datetime) -> None:
+        """Deliver a device status change."""
+        event = LiveEvent("status", {"device_id": device_id, "status": status, "at": at.isoformat()})
+        for sub in self._subscriptions.get(tenant_id, ()):
+            if sub.wants(device_id):
+                sub.push(event)

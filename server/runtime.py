@@ -1,0 +1,121 @@
+"""The running platform: database, telemetry store, pipeline and connectors, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from connectors.base import Connector
+from connectors.supervisor import ConnectorSupervisor
+from devices.catalogue import RegistryCatalogue
+from pipeline.bus import ReadingBus
+from pipeline.deadletters import DeadLetterRecorder
+from pipeline.ingest import Ingestor
+from pipeline.live import LiveHub
+from pipeline.metrics import PipelineMetrics
+from server.settings import Settings
+from storage.database import Database
+from storage.telemetry.port import TelemetryStore
+
+logger = logging.getLogger(__name__)
+
+
+def build_telemetry_store(settings: Settings) -> TelemetryStore:
+    """InfluxDB when FLATGIGS_INFLUX_URL is set, else the embedded store in the data dir."""
+    if settings.influx_url:
+        from storage.telemetry.influx import InfluxTelemetryStore
+
+        return InfluxTelemetryStore(settings.influx_url, database_prefix=settings.influx_database_prefix)
+    from storage.telemetry.embedded import EmbeddedTelemetryStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return EmbeddedTelemetryStore(settings.data_dir / "telemetry.db")
+
+
+def build_connectors(settings: Settings, bus: ReadingBus) -> list[Connector]:
+    """The connectors the settings ask for."""
+    connectors: list[Connector] = []
+    if settings.mqtt_url:
+        from urllib.parse import urlsplit
+
+        from connectors.mqtt import MqttConnector
+
+        parts = urlsplit(settings.mqtt_url)
+        connectors.append(
+            MqttConnector(
+                "mqtt",
+                bus,
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or 1883,
+                client_id=settings.mqtt_client_id,
+                shared_group=settings.mqtt_shared_group,
+                max_payload_bytes=settings.device_payload_bytes,
+            )
+        )
+    return connectors
+
+
+@dataclass
+class Runtime:
+    """Every long-lived part of one flatgigs process."""
+
+    settings: Settings
+    database: Database
+    registry: CollectorRegistry
+    telemetry: TelemetryStore
+    bus: ReadingBus
+    hub: LiveHub
+    recorder: DeadLetterRecorder
+    ingestor: Ingestor
+    catalogue: RegistryCatalogue
+    supervisor: ConnectorSupervisor
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        database: Database,
+        registry: CollectorRegistry,
+        telemetry: TelemetryStore | None = None,
+        connectors: list[Connector] | None = None,
+    ) -> Runtime:
+        """Wire the pipeline: connectors -> bus -> ingestor -> store, live hub, dead letters."""
+        metrics = PipelineMetrics(registry)
+        recorder = DeadLetterRecorder(database, metrics)
+        bus = ReadingBus(settings.ingest_queue_size, recorder.record)
+        hub = LiveHub()
+        store = telemetry or build_telemetry_store(settings)
+        catalogue = RegistryCatalogue(database)
+        ingestor = Ingestor(
+            bus, store, catalogue, recorder, hub, metrics, batch_size=settings.ingest_batch_size
+        )
+        supervisor = ConnectorSupervisor(
+            connectors if connectors is not None else build_connectors(settings, bus)
+        )
+        return cls(settings, database, registry, store, bus, hub, recorder, ingestor, catalogue, supervisor)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Runtime]:
+        """Run the background tasks for the duration of the block."""
+        for name, work in (
+            ("ingestor", self.ingestor.run()),
+            ("status-sweeper", self.ingestor.run_status_sweeper()),
+            ("dead-letters", self.recorder.run()),
+            ("connectors", self.supervisor.run()),
+        ):
+            self._tasks.append(asyncio.create_task(work, name=name))
+        try:
+            yield self
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()
+            await self.recorder.flush()
+            await self.telemetry.close()
