@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.context import api_context
 from model.errors import AuthenticationError, PermissionDeniedError
 from storage.credentials import parse_token
+from storage.database import Database
 from storage.tenancy import OperatorTokenRepository, TenantRepository, TenantStatus, TokenRepository
 from storage.types import utcnow
 
@@ -47,10 +48,14 @@ async def authenticate(
     """Resolve the bearer token; 401 for anything that is not a usable token."""
     if credentials is None:
         raise AuthenticationError("send an API token as 'Authorization: Bearer <token>'", reason="missing")
-    parts = parse_token(credentials.credentials)
+    return await principal_for(api_context(request).database, credentials.credentials)
+
+
+async def principal_for(db: Database, raw: str) -> Principal:
+    """The principal a raw token string stands for; AuthenticationError if none."""
+    parts = parse_token(raw)
     if parts is None:
         raise AuthenticationError("the bearer token is not a flatgigs token", reason="malformed")
-    db = api_context(request).database
     now = utcnow()
     if parts.tenant_id is None:
         async with db.platform() as conn:
@@ -68,6 +73,15 @@ async def authenticate(
     return Principal(tenant_id=parts.tenant_id, token_id=token.id, scopes=token.scopes, user_id=token.user_id)
 
 
+def check_scope(principal: Principal, scope: str) -> Principal:
+    """The principal if it is a tenant token holding ``scope``; PermissionDeniedError otherwise."""
+    if principal.is_operator:
+        raise PermissionDeniedError("operator tokens manage tenants; use a tenant token here", required=scope)
+    if scope not in principal.scopes:
+        raise PermissionDeniedError(f"the token lacks the scope {scope!r}", required=scope)
+    return principal
+
+
 def _rejected() -> AuthenticationError:
     # One answer for unknown, wrong, expired and revoked tokens: no oracle for guessing.
     return AuthenticationError("the token is unknown, expired or revoked", reason="rejected")
@@ -77,13 +91,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits tenant tokens holding ``scope``."""
 
     async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if principal.is_operator:
-            raise PermissionDeniedError(
-                "operator tokens manage tenants; use a tenant token here", required=scope
-            )
-        if scope not in principal.scopes:
-            raise PermissionDeniedError(f"the token lacks the scope {scope!r}", required=scope)
-        return principal
+        return check_scope(principal, scope)
 
     return dependency
 

@@ -10,6 +10,7 @@ from api.routers import (
     device_types,
     devices,
     ingest,
+    live,
     telemetry,
     tenants,
     tokens,
@@ -32,6 +33,7 @@ def build_v1_router() -> APIRouter:
         telemetry,
         dead_letters,
         ingest,
+        live,
     ):
         router.include_router(module.router)
     return router

@@ -30,6 +30,22 @@ class ReadingSink(Protocol):
         ...
 
 
+class DeviceAuthenticator(Protocol):
+    """Checks a device credential presented to a connector (the device registry implements it)."""
+
+    async def authenticate(self, token: str) -> tuple[str, str] | None:
+        """``(tenant_id, device_id)`` for a valid, unrevoked credential, else None."""
+        ...
+
+
+class ConnectivitySink(Protocol):
+    """Where polling connectors report that a device stopped answering (or answers again)."""
+
+    def unreachable(self, tenant_id: str, device_id: str, detail: str) -> None:
+        """The device did not answer (timeout, refused connection); never blocks."""
+        ...
+
+
 class ConnectorError(PlatformError):
     """A connector failed; the supervisor restarts it. Library errors are translated into this."""
 

@@ -13,9 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from model.errors import NotFoundError
-from model.ids import new_id
+from model.ids import is_tenant_id, new_id
 from storage.credentials import hash_secret, new_secret, secret_matches
-from storage.database import TenantScope
+from storage.database import Database, TenantScope
 from storage.tables import device_credentials, devices
 from storage.types import utcnow
 
@@ -119,3 +119,21 @@ class DeviceCredentialRepository:
             return None
         device_id: str = row.device_id
         return device_id
+
+
+class CredentialAuthenticator:
+    """Verifies device bearer strings for connectors (HTTP, CoAP) under the tenant's isolation."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def authenticate(self, token: str) -> tuple[str, str] | None:
+        """``(tenant_id, device_id)`` for a valid, unrevoked credential, else None."""
+        parsed = parse_device_token(token)
+        if parsed is None or not is_tenant_id(parsed.tenant_id):
+            return None
+        async with self._database.tenant(parsed.tenant_id) as scope:
+            device_id = await DeviceCredentialRepository(scope).authenticate(
+                parsed.credential_id, parsed.secret
+            )
+        return None if device_id is None else (parsed.tenant_id, device_id)

@@ -124,6 +124,8 @@ class Ingestor:
         self.clock = clock
         self.max_retry_delay = max_retry_delay
         self.status = StatusTracker()
+        self._pending_status: list[StatusChange] = []
+        self._status_wakeup = asyncio.Event()
         self.reading_consumers: list[ReadingConsumer] = []
         self.status_consumers: list[StatusConsumer] = []
 
@@ -141,6 +143,22 @@ class Ingestor:
         while True:
             await asyncio.sleep(interval)
             await self.sweep()
+
+    def unreachable(self, tenant_id: str, device_id: str, detail: str) -> None:
+        """ConnectivitySink: a polled device stopped answering; mark it offline now."""
+        change = self.status.unreachable(tenant_id, device_id, self.clock())
+        if change is not None:
+            logger.info("device %s/%s unreachable: %s", tenant_id, device_id, detail)
+            self._pending_status.append(change)
+            self._status_wakeup.set()
+
+    async def run_status_publisher(self) -> None:
+        """Publish status changes reported synchronously by connectors."""
+        while True:
+            await self._status_wakeup.wait()
+            self._status_wakeup.clear()
+            changes, self._pending_status = self._pending_status, []
+            await self._publish_status(changes)
 
     async def sweep(self) -> list[StatusChange]:
         """One pass of the inactivity check (also called by tests with a controlled clock)."""

@@ -59,3 +59,13 @@ class StatusTracker:
                 self._online.discard(key)
                 changes.append(StatusChange(key[0], key[1], DeviceStatus.OFFLINE.value, now, last))
         return changes
+
+    def unreachable(self, tenant_id: str, device_id: str, now: datetime) -> StatusChange | None:
+        """A polling connector could not reach the device: offline at once, not after the timeout."""
+        key = (tenant_id, device_id)
+        if key not in self._online:
+            return None
+        self._online.discard(key)
+        return StatusChange(
+            tenant_id, device_id, DeviceStatus.OFFLINE.value, now, self._last_seen.get(key, now)
+        )

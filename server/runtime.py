@@ -106,6 +106,7 @@ class Runtime:
         for name, work in (
             ("ingestor", self.ingestor.run()),
             ("status-sweeper", self.ingestor.run_status_sweeper()),
+            ("status-publisher", self.ingestor.run_status_publisher()),
             ("dead-letters", self.recorder.run()),
             ("connectors", self.supervisor.run()),
         ):
