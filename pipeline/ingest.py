@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -19,7 +19,7 @@ from pipeline.deadletters import DeadLetterRecorder
 from pipeline.live import LiveHub
 from pipeline.metrics import PipelineMetrics
 from pipeline.status import StatusChange, StatusTracker
-from storage.telemetry.port import TelemetryStore
+from storage.telemetry.port import TelemetryStore, TelemetryWriteRejected
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +133,20 @@ class Ingestor:
         """Process batches until cancelled."""
         while True:
             batch = await self.bus.next_batch(self.batch_size, self.max_wait)
-            self.metrics.bus_depth.set(self.bus.depth)
             started = time.perf_counter()
-            await self.process(batch)
+            try:
+                await self.process(batch)
+            except Exception:  # a bug in one batch must not stop ingestion for everyone
+                logger.exception("ingestion of a batch of %d readings failed", len(batch))
+                self._dead_letter_batch(batch, "internal error while ingesting; see the logs")
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _dead_letter_batch(self, batch: Sequence[Reading], detail: str) -> None:
+        now = self.clock()
+        for r in batch:
+            self.recorder.record(
+                Rejection(r.tenant_id, r.device_id, RejectReason.STORE_REJECTED, detail, r.source, b"", now)
+            )
 
     async def run_status_sweeper(self, interval: float = 5.0) -> None:
         """Mark devices offline when they stay silent past their type's timeout."""
@@ -222,19 +232,29 @@ class Ingestor:
                 await asyncio.sleep(min(max(delay, 0.05), exc.retry_after, self.max_retry_delay))
                 delay = min(delay * 2, self.max_retry_delay)
             except PlatformError as exc:
-                refused: Mapping[int, str] = getattr(exc, "refused_indexes", {})
-                if not refused:
-                    refused = dict.fromkeys(range(len(readings)), exc.detail)
-                for index, reason in refused.items():
-                    r = readings[index]
-                    self.recorder.record(
-                        Rejection(
-                            r.tenant_id, r.device_id, RejectReason.STORE_REJECTED, reason, r.source, b"", now
-                        )
-                    )
-                keep = [r for i, r in enumerate(readings) if i not in refused]
-                readings[:] = keep
-                return
+                if isinstance(exc, TelemetryWriteRejected):
+                    self._record_store_rejections(exc, now)
+                    return
+                # Misconfiguration or a server error: hold the batch and push back rather than
+                # drop it; the log and the retry counter say why ingestion stalls.
+                self.metrics.store_retries.inc()
+                logger.error("telemetry store failed (%s); holding %d readings", exc.detail, len(readings))
+                await asyncio.sleep(self.max_retry_delay)
+
+    def _record_store_rejections(self, exc: TelemetryWriteRejected, now: datetime) -> None:
+        # The store kept everything else of the batch; only these samples are refused.
+        for reading, reason in exc.rejected:
+            self.recorder.record(
+                Rejection(
+                    reading.tenant_id,
+                    reading.device_id,
+                    RejectReason.STORE_REJECTED,
+                    f"{', '.join(reading.metrics)}: {reason}",
+                    reading.source,
+                    b"",
+                    now,
+                )
+            )
 
     async def _publish_status(self, changes: Sequence[StatusChange]) -> None:
         if not changes:

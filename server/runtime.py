@@ -89,6 +89,7 @@ class Runtime:
         metrics = PipelineMetrics(registry)
         recorder = DeadLetterRecorder(database, metrics)
         bus = ReadingBus(settings.ingest_queue_size, recorder.record)
+        metrics.bus_depth.set_function(lambda: bus.depth)
         hub = LiveHub()
         store = telemetry or build_telemetry_store(settings)
         catalogue = RegistryCatalogue(database)

@@ -178,6 +178,25 @@ device_credentials = sa.Table(
     sa.Index(None, "tenant_id", "device_id"),
 )
 
+# How the platform reaches a device it polls or subscribes to (Modbus register map, OPC-UA nodes).
+device_bindings = sa.Table(
+    "device_bindings",
+    metadata,
+    _tenant_column(),
+    sa.Column("device_id", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("config", JSONType, nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "device_id"),
+    sa.ForeignKeyConstraint(
+        ["tenant_id", "device_id"],
+        ["devices.tenant_id", "devices.id"],
+        ondelete="CASCADE",
+    ),
+    sa.Index(None, "kind"),
+)
+
 
 def tenant_owned_tables() -> list[sa.Table]:
     """Every table whose rows belong to one tenant."""

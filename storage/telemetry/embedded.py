@@ -21,19 +21,17 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from model.errors import BackpressureError, InvalidInputError
-from model.ids import is_tenant_id
+from model.errors import BackpressureError
 from model.readings import MetricValue, Reading
+from storage.telemetry._time import check_tenant, every_micros, from_micros, to_micros
 from storage.telemetry.port import Aggregate, Sample
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # How long a writer waits for another process's write lock before we report backpressure.
 _BUSY_TIMEOUT_MS = 5000
@@ -102,30 +100,6 @@ _AGGREGATES: dict[Aggregate, tuple[str, str]] = {
     Aggregate.COUNT: ("bucket, count(*), NULL, NULL", ""),
     Aggregate.LAST: ("bucket, num, txt, flag, max(ts)", ""),
 }
-
-
-def to_micros(ts: datetime) -> int:
-    """Microseconds since the Unix epoch of an aware datetime (exact integer arithmetic)."""
-    return (ts - _EPOCH) // _MICROSECOND
-
-
-def from_micros(us: int) -> datetime:
-    """The UTC datetime ``us`` microseconds after the Unix epoch."""
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def check_tenant(tenant_id: str) -> None:
-    """Refuse an invalid tenant id, so no malformed id ever becomes a key or a database name."""
-    if not is_tenant_id(tenant_id):
-        raise InvalidInputError(f"invalid tenant id {tenant_id!r}")
-
-
-def every_micros(every: timedelta) -> int:
-    """The window length in microseconds; a window must be at least one microsecond long."""
-    micros = every // _MICROSECOND
-    if micros <= 0:
-        raise InvalidInputError(f"the aggregation window must be positive, got {every}")
-    return micros
 
 
 def _columns(value: MetricValue) -> tuple[int | float | None, str | None, int | None]:

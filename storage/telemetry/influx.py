@@ -35,7 +35,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 from influxdb_client.client.write.point import Point
@@ -43,8 +43,8 @@ from influxdb_client.domain.write_precision import WritePrecision
 
 from model.errors import BackpressureError, PlatformError
 from model.readings import MetricValue, Reading
-from storage.telemetry.embedded import check_tenant, every_micros, from_micros, to_micros
-from storage.telemetry.port import Aggregate, Sample
+from storage.telemetry._time import check_tenant, every_micros, from_micros, to_micros
+from storage.telemetry.port import Aggregate, Sample, TelemetryWriteRejected
 
 MEASUREMENT = "telemetry"
 DEVICE_TAG = "device"
@@ -71,23 +71,6 @@ class TelemetryStoreError(PlatformError):
     def __init__(self, detail: str, status_code: int | None = None) -> None:
         super().__init__(detail, status_code=status_code)
         self.status_code = status_code
-
-
-class TelemetryWriteRejected(PlatformError):
-    """Some samples were refused by the store; every other sample of the batch was stored.
-
-    Each entry is a reading reduced to the refused metrics, with the server's reason.
-    """
-
-    slug = "telemetry-rejected"
-    status = 422
-    title = "Telemetry rejected"
-    max_reported: ClassVar[int] = 20
-
-    def __init__(self, rejected: Sequence[tuple[Reading, str]]) -> None:
-        reasons = [reason for _, reason in rejected[: self.max_reported]]
-        super().__init__(f"{len(rejected)} reading(s) refused: {reasons}", count=len(rejected))
-        self.rejected = list(rejected)
 
 
 def encode_name(name: str) -> str:
@@ -166,8 +149,8 @@ def _line(reading: Reading) -> _Line:
     return _Line(reading, text)
 
 
-def _retry_after(response: httpx.Response | None) -> float:
-    header = response.headers.get("Retry-After") if response is not None else None
+def _retry_after(response: httpx.Response) -> float:
+    header = response.headers.get("Retry-After")
     try:
         return max(float(header), 0.0) if header else DEFAULT_RETRY_AFTER_S
     except ValueError:  # an HTTP date: not worth parsing for a hint
@@ -331,7 +314,8 @@ class InfluxTelemetryStore:
         database = self.database(tenant_id)
         if metrics is None:
             (fields,) = await self._statements(database, [f"SHOW FIELD KEYS FROM {MEASUREMENT}"])
-            stored = [str(key) for key, _type in fields.rows]
+            # A field whose type differs between shards is listed once per type.
+            stored = list(dict.fromkeys(str(key) for key, _type in fields.rows))
         else:
             stored = list(dict.fromkeys(encode_name(m) for m in metrics if m))
         latest: dict[str, Sample] = {}

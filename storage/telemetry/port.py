@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
+from model.errors import PlatformError
 from model.readings import MetricValue, Reading
 
 
@@ -27,6 +28,23 @@ class Sample:
 
     ts: datetime
     value: MetricValue
+
+
+class TelemetryWriteRejected(PlatformError):
+    """Some samples were refused by the store; every other sample of the batch was stored.
+
+    Each entry is a reading reduced to the refused metrics, with the server's reason.
+    """
+
+    slug = "telemetry-rejected"
+    status = 422
+    title = "Telemetry rejected"
+    max_reported: ClassVar[int] = 20
+
+    def __init__(self, rejected: Sequence[tuple[Reading, str]]) -> None:
+        reasons = [reason for _, reason in rejected[: self.max_reported]]
+        super().__init__(f"{len(rejected)} reading(s) refused: {reasons}", count=len(rejected))
+        self.rejected = list(rejected)
 
 
 class TelemetryStore(Protocol):
