@@ -37,9 +37,23 @@ def build_telemetry_store(settings: Settings) -> TelemetryStore:
     return EmbeddedTelemetryStore(settings.data_dir / "telemetry.db")
 
 
-def build_connectors(settings: Settings, bus: ReadingBus) -> list[Connector]:
+def build_connectors(settings: Settings, bus: ReadingBus, database: Database) -> list[Connector]:
     """The connectors the settings ask for."""
     connectors: list[Connector] = []
+    if settings.coap_port is not None:
+        from connectors.coap import CoapConnector
+        from devices.credentials import CredentialAuthenticator
+
+        connectors.append(
+            CoapConnector(
+                "coap",
+                bus,
+                CredentialAuthenticator(database),
+                host=settings.coap_host,
+                port=settings.coap_port,
+                max_payload_bytes=settings.device_payload_bytes,
+            )
+        )
     if settings.mqtt_url:
         from urllib.parse import urlsplit
 
@@ -97,7 +111,7 @@ class Runtime:
             bus, store, catalogue, recorder, hub, metrics, batch_size=settings.ingest_batch_size
         )
         supervisor = ConnectorSupervisor(
-            connectors if connectors is not None else build_connectors(settings, bus)
+            connectors if connectors is not None else build_connectors(settings, bus, database)
         )
         return cls(settings, database, registry, store, bus, hub, recorder, ingestor, catalogue, supervisor)
 

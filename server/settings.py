@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     mqtt_shared_group: str | None = Field(
         default=None, description="Shared-subscription group, so several workers split the load."
     )
+    coap_port: int | None = Field(
+        default=None, ge=0, le=65535, description="UDP port of the CoAP ingestion server; default: off."
+    )
+    coap_host: str = Field(default="::", description="Address the CoAP server binds ('::' = all).")
     ingest_queue_size: int = Field(default=10_000, ge=10, le=1_000_000)
     ingest_batch_size: int = Field(default=500, ge=1, le=10_000)
     device_payload_bytes: int = Field(default=65_536, ge=256, le=1_048_576)

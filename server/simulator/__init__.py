@@ -1,0 +1,13 @@
+"""A device simulator: the fleet of SCENARIOS.md sending realistic telemetry over MQTT, HTTP and CoAP.
+
+- ``signals``: deterministic signal models (freezers, power meters, batteries, door counters, a
+  production line) as functions of a seed and the simulated time;
+- ``fleet``: which devices exist, their type, protocol, interval and signal;
+- ``provision``: makes the devices exist through the REST API and caches device credentials;
+- ``drivers``: async senders (MQTT, HTTP, CoAP);
+- ``runner``: the scheduler (live runs at any speed, backfills of history) and its counters;
+- ``cli``: the ``flatgigs simulate`` command.
+
+The simulator is a client of the platform (REST API, broker, CoAP endpoint): it imports nothing
+of the server's internals.
+"""
