@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -31,6 +32,12 @@ class ApiContext:
     sink: ReadingSink | None = None
     live: LiveHub | None = None
     device_payload_bytes: int = 65_536
+    on_bindings_changed: Callable[[set[str]], Awaitable[None]] | None = None
+
+    async def bindings_changed(self, kinds: set[str]) -> None:
+        """Tell the running connectors that device bindings of ``kinds`` changed."""
+        if self.on_bindings_changed is not None and kinds:
+            await self.on_bindings_changed(kinds)
 
     def require_telemetry(self) -> TelemetryStore:
         """The telemetry store, or 503 if this process has none."""

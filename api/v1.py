@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from api.routers import (
     dead_letters,
+    device_bindings,
     device_credentials,
     device_types,
     devices,
@@ -30,6 +31,7 @@ def build_v1_router() -> APIRouter:
         device_types,
         devices,
         device_credentials,
+        device_bindings,
         telemetry,
         dead_letters,
         ingest,

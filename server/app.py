@@ -72,6 +72,7 @@ def create_app(
         sink=runtime.bus,
         live=runtime.hub,
         device_payload_bytes=settings.device_payload_bytes,
+        on_bindings_changed=runtime.reload_bindings,
     )
     app.state.runtime = runtime
     app.state.metrics_registry = registry

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from connectors.base import Connector
 from connectors.supervisor import ConnectorSupervisor
 from devices.catalogue import RegistryCatalogue
+from model.errors import PlatformError
 from pipeline.bus import ReadingBus
 from pipeline.deadletters import DeadLetterRecorder
 from pipeline.ingest import Ingestor
@@ -115,6 +116,25 @@ class Runtime:
         )
         return cls(settings, database, registry, store, bus, hub, recorder, ingestor, catalogue, supervisor)
 
+    async def reload_bindings(self, kinds: set[str] | None = None) -> None:
+        """(Re)build the polling and subscribing connectors from the stored device bindings."""
+        from connectors.bindings import BINDING_MODELS, binding_connectors, validate_binding
+        from devices.bindings import all_bindings
+
+        for kind in sorted(kinds if kinds is not None else set(BINDING_MODELS)):
+            configs = []
+            for binding in await all_bindings(self.database, kind):
+                try:
+                    configs.append(
+                        validate_binding(kind, binding.tenant_id, binding.device_id, binding.config)
+                    )
+                except PlatformError as exc:  # a binding that no longer validates is skipped, loudly
+                    logger.error(
+                        "binding of %s/%s skipped: %s", binding.tenant_id, binding.device_id, exc.detail
+                    )
+            await self.supervisor.replace(kind, binding_connectors(kind, configs, self.bus, self.ingestor))
+            logger.info("%s connector serves %d bound device(s)", kind, len(configs))
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runtime]:
         """Run the background tasks for the duration of the block."""
@@ -126,6 +146,8 @@ class Runtime:
             ("connectors", self.supervisor.run()),
         ):
             self._tasks.append(asyncio.create_task(work, name=name))
+        if self.settings.load_bindings:
+            await self.reload_bindings()
         try:
             yield self
         finally:

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65535, description="UDP port of the CoAP ingestion server; default: off."
     )
     coap_host: str = Field(default="::", description="Address the CoAP server binds ('::' = all).")
+    load_bindings: bool = Field(
+        default=True, description="Poll/subscribe to bound devices (Modbus, OPC-UA) in this process."
+    )
     ingest_queue_size: int = Field(default=10_000, ge=10, le=1_000_000)
     ingest_batch_size: int = Field(default=500, ge=1, le=10_000)
     device_payload_bytes: int = Field(default=65_536, ge=256, le=1_048_576)

@@ -12,6 +12,7 @@ from api.context import api_context
 from api.problems import PROBLEM_RESPONSES
 from api.routers._schema import Resource
 from devices.credentials import DeviceCredential, DeviceCredentialRepository
+from devices.registry import DeviceRepository
 
 router = APIRouter(
     prefix="/devices/{device_id}/credentials", tags=["device credentials"], responses=PROBLEM_RESPONSES
@@ -41,8 +42,9 @@ def _out(credential: DeviceCredential) -> CredentialOut:
 async def list_credentials(
     request: Request, device_id: str, principal: Annotated[Principal, Depends(require("devices:read"))]
 ) -> list[CredentialOut]:
-    """Every credential of the device, newest first, without secrets."""
+    """Every credential of the device, newest first, without secrets; 404 for an unknown or foreign device."""
     async with api_context(request).database.tenant(principal.tenant) as scope:
+        await DeviceRepository(scope).get(device_id)
         return [_out(c) for c in await DeviceCredentialRepository(scope).list(device_id)]
 
 

@@ -8,6 +8,6 @@
 - ``runner``: the scheduler (live runs at any speed, backfills of history) and its counters;
 - ``cli``: the ``flatgigs simulate`` command.
 
-The simulator is a client of the platform (REST API, broker, CoAP endpoint): it imports nothing
-of the server's internals.
+The simulator is a client of the platform: it reaches it only through its public interfaces
+(REST API, MQTT broker, CoAP endpoint), so it can drive a remote deployment as well.
 """

@@ -12,7 +12,9 @@ Each model's ``sample(t)`` returns the metrics a device of that type reports at 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -26,6 +28,8 @@ MINUTE = 60.0
 HOUR = 3600.0
 DAY = 86400.0
 _MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_STREAM = 0xD1B54A32D192ED03
 _T = TypeVar("_T")
 
 
@@ -48,23 +52,50 @@ def derive_seed(*parts: object) -> int:
 
 def _mix(x: int) -> int:
     """The splitmix64 finaliser: a cheap, well-spread 64-bit hash."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = (x + _GOLDEN) & _MASK
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
     return x ^ (x >> 31)
 
 
+def _hash(seed: int, t: float, channel: int) -> int:
+    """A splitmix64 output for (seed, ``t`` to the millisecond, channel)."""
+    return _mix((seed + round(t * 1000) * _GOLDEN + channel * _STREAM) & _MASK)
+
+
 def uniform_at(seed: int, t: float, channel: int = 0) -> float:
     """A uniform number in (0, 1) depending only on (seed, ``t`` to the millisecond, channel)."""
-    k = _mix(seed ^ _mix((round(t * 1000) & _MASK) ^ _mix(channel)))
-    return ((k >> 11) + 0.5) / 2**53
+    return ((_hash(seed, t, channel) >> 11) + 0.5) / 2**53
+
+
+# 65,536 standard normal numbers, drawn once: per-sample noise picks one by hash (fast and pure).
+_NORMALS = (lambda rng: tuple(rng.gauss(0.0, 1.0) for _ in range(1 << 16)))(random.Random(0x5EED))
 
 
 def gauss_at(seed: int, t: float, channel: int = 0) -> float:
-    """A standard normal number depending only on (seed, ``t``, channel) (Box-Muller)."""
-    u1 = uniform_at(seed, t, 2 * channel + 1)
-    u2 = uniform_at(seed, t, 2 * channel + 2)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+    """A standard normal number depending only on (seed, ``t`` to the millisecond, channel)."""
+    return _NORMALS[_hash(seed, t, channel + 0x5EED) >> 48]
+
+
+def poisson_at(seed: int, t: float, lam: float, channel: int = 0) -> int:
+    """A Poisson count with mean ``lam`` depending only on (seed, ``t``, channel) (inverse transform)."""
+    if lam <= 0:
+        return 0
+    if lam > 30:
+        return max(0, round(lam + math.sqrt(lam) * gauss_at(seed, t, channel)))
+    u = uniform_at(seed, t, channel)
+    p = math.exp(-lam)
+    cdf, k = p, 0
+    while u > cdf and k < 1000:
+        k += 1
+        p *= lam / k
+        cdf += p
+    return k
+
+
+@functools.lru_cache(maxsize=65536)
+def _knot(seed: int, k: int, channel: int) -> float:
+    return gauss_at(seed, k, channel + 1000)
 
 
 def smooth_noise(seed: int, t: float, period: float, channel: int = 0) -> float:
@@ -72,8 +103,8 @@ def smooth_noise(seed: int, t: float, period: float, channel: int = 0) -> float:
     x = t / period
     k = math.floor(x)
     f = x - k
-    a = gauss_at(seed, k, channel + 1000)
-    b = gauss_at(seed, k + 1, channel + 1000)
+    a = _knot(seed, k, channel)
+    b = _knot(seed, k + 1, channel)
     return a + (b - a) * f * f * (3.0 - 2.0 * f)
 
 
@@ -110,12 +141,14 @@ class _Buckets(Generic[_T]):
         self._items: dict[int, _T] = {}
 
     def __call__(self, key: int) -> _T:
-        item = self._items.get(key)
-        if item is None:
-            item = self._make(key)
-            if len(self._items) >= self._size:
-                del self._items[next(iter(self._items))]
-            self._items[key] = item
+        try:
+            return self._items[key]
+        except KeyError:
+            pass
+        item = self._make(key)
+        if len(self._items) >= self._size:
+            del self._items[next(iter(self._items))]
+        self._items[key] = item
         return item
 
 
@@ -213,7 +246,9 @@ class FreezerSignal:
     - the compressor cycles (period 20-40 min), holding ``setpoint`` within ``±cycle_amplitude``;
     - door openings are a Poisson process (``day_rate``/h in store hours, ``night_rate``/h else):
       the door stays open 20-90 s, the temperature rises by 4-8 °C (longer opening, higher spike)
-      and falls back with a 20-40 s time constant, so it is back within 1-2 minutes;
+      and falls back with a 20-40 s time constant, so it is back within 1-2 minutes. A few
+      openings (``restock_share``) are restocking: 3-4 min open, +11-13 °C, so the cabinet stays
+      above -10 °C for 2-4 minutes (what a 2-minute rule window catches and a 5-minute one does not);
     - a failed compressor stops; the cabinet warms by ``drift_per_s`` (1 °C per 10 min) up to
       ``warm_limit``; after the repair it pulls down again (time constant ``recovery_tau``).
       Random failures happen ``failures_per_day`` times a day on average (2-8 h to repair);
@@ -233,6 +268,7 @@ class FreezerSignal:
         day_rate: float = 5.0,
         night_rate: float = 0.3,
         store_hours: tuple[float, float] = (7.0, 21.0),
+        restock_share: float = 0.0003,
         failures_per_day: float = 1 / 90,
         fail_at: float | None = None,
         fail_for: float | None = None,
@@ -248,6 +284,7 @@ class FreezerSignal:
         self.day_rate = day_rate
         self.night_rate = night_rate
         self.store_hours = store_hours
+        self.restock_share = restock_share
         self.failures_per_day = failures_per_day
         self.fail_at = fail_at
         self.fail_for = fail_for
@@ -271,9 +308,16 @@ class FreezerSignal:
         starts = sorted(rng.uniform(k * HOUR, (k + 1) * HOUR) for _ in range(poisson(rng, rate)))
         events: list[DoorOpening] = []
         for start in starts:
-            duration = rng.uniform(20.0, 90.0)
-            peak = _clamp(4.0 + 4.0 * (duration - 20.0) / 70.0 + rng.gauss(0.0, 0.6), 4.0, 8.0)
-            tau = rng.uniform(20.0, 40.0)
+            if rng.random() < self.restock_share:  # the door held open to restock: rare, longer, warmer
+                duration, peak, tau = (
+                    rng.uniform(180.0, 260.0),
+                    rng.uniform(11.0, 13.0),
+                    rng.uniform(60.0, 80.0),
+                )
+            else:
+                duration = rng.uniform(20.0, 90.0)
+                peak = _clamp(4.0 + 4.0 * (duration - 20.0) / 70.0 + rng.gauss(0.0, 0.6), 4.0, 8.0)
+                tau = rng.uniform(20.0, 40.0)
             if events and start < events[-1].end + 15.0:
                 continue  # one opening at a time
             events.append(DoorOpening(start, duration, peak, tau))
@@ -329,9 +373,11 @@ class FreezerSignal:
         offset, compressor = self._cycle(t)
         temp = self.setpoint + offset
         recovering = 0.0
-        for failure in self._relevant_failures(t):
-            if t < failure.end:
-                return self._warm(failure, t), False
+        failures = list(self._relevant_failures(t))
+        active = [f for f in failures if t < f.end]
+        if active:  # the cabinet has been warming since the earliest failure still going on
+            return self._warm(min(active, key=lambda f: f.start), t), False
+        for failure in failures:
             peak = self._warm(failure, failure.end) - self.setpoint
             recovering = max(recovering, peak * math.exp(-(t - failure.end) / self.recovery_tau))
         if recovering > 0.5:
@@ -385,7 +431,7 @@ _ENERGY_ORIGIN = 1_577_836_800.0  # 2020-01-01T00:00:00Z: the meters' installati
 
 
 def _profile_at(profile: tuple[tuple[float, float], ...], hour: float) -> float:
-    for (h0, v0), (h1, v1) in zip(profile, profile[1:], strict=False):
+    for (h0, v0), (h1, v1) in itertools.pairwise(profile):
         if h0 <= hour <= h1:
             return v0 + (v1 - v0) * (hour - h0) / (h1 - h0)
     return profile[-1][1]
@@ -394,7 +440,7 @@ def _profile_at(profile: tuple[tuple[float, float], ...], hour: float) -> float:
 def _profile_integral(profile: tuple[tuple[float, float], ...], hour: float) -> float:
     """Integral of the profile from 0 to ``hour``, in fraction-hours."""
     total = 0.0
-    for (h0, v0), (h1, v1) in zip(profile, profile[1:], strict=False):
+    for (h0, v0), (h1, v1) in itertools.pairwise(profile):
         if hour <= h0:
             break
         top = min(hour, h1)
@@ -549,10 +595,8 @@ class DoorCounterSignal:
 
     def sample(self, t: float) -> Metrics:
         """``door_count`` for the window ending at ``t``."""
-        window = math.floor(t / self.window_s)
-        rng = random.Random(derive_seed(self.seed, "count", window))
         lam = self.rate_per_min(t - self.window_s / 2) * self.window_s / MINUTE
-        return {"door_count": poisson(rng, lam)}
+        return {"door_count": poisson_at(self.seed, math.floor(t / self.window_s), lam)}
 
 
 # --- production line (PLC) -----------------------------------------------------------------------
@@ -650,15 +694,12 @@ class LineSignal:
         state = self.state(begin)
         temp = self.hot if state == LineState.RUNNING else self.ambient
         run_start: float | None = None
-        for a, b in zip(edges, edges[1:], strict=False):
+        for a, b in itertools.pairwise(edges):
             state = self.state((a + b) / 2)
             running = state == LineState.RUNNING
             target, tau = (self.hot, self.heat_tau) if running else (self.ambient, self.cool_tau)
             temp = target + (temp - target) * math.exp(-(b - a) / tau)
-            if running:
-                run_start = a if run_start is None else run_start
-            else:
-                run_start = None
+            run_start = (a if run_start is None else run_start) if running else None
         return temp, run_start
 
     def sample(self, t: float) -> Metrics:

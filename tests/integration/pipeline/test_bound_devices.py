@@ -1,0 +1,93 @@
+"""Polled and subscribed devices end to end: a binding made through the API starts the flow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from server.app import create_app
+from server.settings import load_settings
+from storage.database import Database
+from tests.conftest import TenantFactory, TenantHandle
+from tests.harness.opcua import NAMESPACE_URI, OpcUaServer, PlcWriter, start_opcua_server
+
+
+@pytest.fixture(scope="module")
+def plc(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OpcUaServer]:
+    server = start_opcua_server(tmp_path_factory.mktemp("plc"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def app(tmp_path: Path, database: Database) -> AsyncIterator[FastAPI]:
+    application = create_app(load_settings(data_dir=tmp_path), database)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def _latest(http: httpx.AsyncClient, t: TenantHandle, device: str, metric: str) -> dict[str, object]:
+    async with asyncio.timeout(20):
+        while True:
+            r = await http.get(f"/api/v1/devices/{device}/telemetry/latest", headers=t.headers)
+            sample: dict[str, object] | None = r.json()["metrics"].get(metric)
+            if sample is not None:
+                return sample
+            await asyncio.sleep(0.05)
+
+
+async def test_opcua_binding(app: FastAPI, plc: OpcUaServer, tenants: TenantFactory) -> None:
+    t = await tenants.create("globex")
+    metrics = [{"name": "speed"}, {"name": "temperature"}, {"name": "state", "data_type": "string"}]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        await http.post(
+            "/api/v1/device-types", json={"id": "plc", "name": "PLC", "metrics": metrics}, headers=t.headers
+        )
+        await http.post("/api/v1/devices", json={"id": "line1", "type_id": "plc"}, headers=t.headers)
+        nodes = [
+            {"metric": m, "node_id": f"nsu={NAMESPACE_URI};s=Line1/{n}"}
+            for m, n in (("speed", "Speed"), ("temperature", "Temperature"), ("state", "State"))
+        ]
+        bad = await http.put(
+            "/api/v1/devices/line1/binding",
+            json={"kind": "opcua", "config": {"url": "http://not-opc", "nodes": nodes}},
+            headers=t.headers,
+        )
+        assert bad.status_code == 422 and bad.json()["errors"][0]["loc"][:2] == ["config", "url"]
+        smuggled = await http.put(
+            "/api/v1/devices/line1/binding",
+            json={"kind": "opcua", "config": {"url": plc.url, "nodes": nodes, "tenant_id": "acme"}},
+            headers=t.headers,
+        )
+        assert smuggled.status_code == 422
+        r = await http.put(
+            "/api/v1/devices/line1/binding",
+            json={"kind": "opcua", "config": {"url": plc.url, "nodes": nodes, "publishing_interval_ms": 50}},
+            headers=t.headers,
+        )
+        assert r.status_code == 200, r.text
+        assert "tenant_id" not in r.json()["config"]
+        ts = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
+        async with PlcWriter(plc.url) as writer:
+            await writer.write("Speed", 1.75, source_ts=ts)
+            await writer.write("State", "running", source_ts=ts)
+        try:
+            speed = await _latest(http, t, "line1", "speed")
+        except TimeoutError:
+            await app.state.runtime.recorder.flush()
+            letters = (await http.get("/api/v1/dead-letters", headers=t.headers)).json()
+            raise AssertionError(f"{app.state.runtime.supervisor.health()} {letters}") from None
+        state = await _latest(http, t, "line1", "state")
+        assert speed == {"ts": "2026-11-27T09:30:00Z", "value": 1.75}
+        assert state["value"] == "running"
+        runtime = app.state.runtime
+        assert [c.kind for c in runtime.supervisor.connectors] == ["opcua"]
+        assert (await http.delete("/api/v1/devices/line1/binding", headers=t.headers)).status_code == 204
+        assert runtime.supervisor.connectors == []
+        assert (await http.get("/api/v1/devices/line1/binding", headers=t.headers)).status_code == 404
