@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import math
 import os
 import platform
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
@@ -229,10 +230,8 @@ class RoundTripCounter:
             event.remove(engine, "checkout", self._on_checkout)
             event.remove(engine, "checkin", self._on_checkin)
         for target, name in self._patched.values():
-            try:
+            with suppress(AttributeError):
                 delattr(target, name)
-            except AttributeError:
-                pass
         self._patched.clear()
 
 
@@ -259,7 +258,7 @@ class CaseRun:
     calls: int = 0
 
 
-CaseFn = Callable[[int, Probe], Awaitable[CaseRun]]
+CaseFn = Callable[[int, Probe, int], Awaitable[CaseRun]]
 
 
 @dataclass
@@ -309,14 +308,15 @@ async def bare_session(db: Database, tenant: str) -> AsyncIterator[AsyncConnecti
             await conn.rollback()
 
 
-def lookup_ids(ds: Dataset, seed: int, n: int) -> list[str]:
-    rng = random.Random(f"{seed}:lookup")
+def lookup_ids(ds: Dataset, seed: int, n: int, round_no: int) -> list[str]:
+    """Random existing ids; the same sequence for the bare and the product case of a round."""
+    rng = random.Random(f"{seed}:lookup:{round_no}")
     return [rng.choice(ds.devices)["id"] for _ in range(n)]
 
 
-def page_starts(ids: list[str], seed: int, shape: str) -> Iterator[str]:
+def page_starts(ids: list[str], seed: int, shape: str, round_no: int) -> Iterator[str]:
     """Random start points (a page resumes after one of the matching ids); same for bare and product."""
-    rng = random.Random(f"{seed}:pages:{shape}")
+    rng = random.Random(f"{seed}:pages:{shape}:{round_no}")
     while True:
         yield ids[rng.randrange(len(ids))]
 
@@ -324,11 +324,11 @@ def page_starts(ids: list[str], seed: int, shape: str) -> Iterator[str]:
 def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_per_walk: int) -> list[Case]:
     t = MAIN_TENANT
 
-    def bare_get_case(n: int, probe: Probe) -> Awaitable[CaseRun]:
+    def bare_get_case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
         async def run() -> CaseRun:
             out = CaseRun()
             async with bare_session(db, t) as conn:
-                for device_id in lookup_ids(ds, seed, n):
+                for device_id in lookup_ids(ds, seed, n, round_no):
                     probe.start()
                     row = (await conn.execute(BARE_GET, {"t": t, "id": device_id})).first()
                     probe.stop()
@@ -339,10 +339,10 @@ def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_
 
         return run()
 
-    def bare_get_txn_case(n: int, probe: Probe) -> Awaitable[CaseRun]:
+    def bare_get_txn_case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
         async def run() -> CaseRun:
             out = CaseRun()
-            for device_id in lookup_ids(ds, seed, n):
+            for device_id in lookup_ids(ds, seed, n, round_no):
                 probe.start()
                 async with db.tenant(t) as scope:
                     row = (await scope.conn.execute(BARE_GET, {"t": t, "id": device_id})).first()
@@ -355,10 +355,10 @@ def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_
         return run()
 
     def product_get_case(database: Database) -> CaseFn:
-        def case(n: int, probe: Probe) -> Awaitable[CaseRun]:
+        def case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
             async def run() -> CaseRun:
                 out = CaseRun()
-                for device_id in lookup_ids(ds, seed, n):
+                for device_id in lookup_ids(ds, seed, n, round_no):
                     probe.start()
                     async with database.tenant(t) as scope:
                         device = await DeviceRepository(scope).get(device_id)
@@ -373,10 +373,10 @@ def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_
         return case
 
     def bare_pages_case(stmt: sa.TextClause, params: dict[str, str], ids: list[str], shape: str) -> CaseFn:
-        def case(n: int, probe: Probe) -> Awaitable[CaseRun]:
+        def case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
             async def run() -> CaseRun:
                 out = CaseRun()
-                starts = page_starts(ids, seed, shape)
+                starts = page_starts(ids, seed, shape, round_no)
                 async with bare_session(db, t) as conn:
                     while out.calls < n:
                         after = next(starts)
@@ -395,11 +395,31 @@ def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_
 
         return case
 
+    def bare_pages_txn_case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
+        async def run() -> CaseRun:
+            out = CaseRun()
+            starts = page_starts(ds.sorted_ids, seed, "all", round_no)
+            while out.calls < n:
+                after = next(starts)
+                for _ in range(pages_per_walk):
+                    probe.start()
+                    async with db.tenant(t) as scope:
+                        rows = (await scope.conn.execute(BARE_PAGE, {"t": t, "after": after})).all()
+                    probe.stop()
+                    out.calls += 1
+                    out.rows += len(rows)
+                    if len(rows) < PAGE or out.calls >= n:
+                        break
+                    after = rows[-1].id
+            return out
+
+        return run()
+
     def product_pages_case(flt: DeviceFilter, ids: list[str], shape: str) -> CaseFn:
-        def case(n: int, probe: Probe) -> Awaitable[CaseRun]:
+        def case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
             async def run() -> CaseRun:
                 out = CaseRun()
-                starts = page_starts(ids, seed, shape)
+                starts = page_starts(ids, seed, shape, round_no)
                 while out.calls < n:
                     cursor: str | None = encode_cursor(next(starts))
                     for _ in range(pages_per_walk):
@@ -421,9 +441,11 @@ def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_
     north = {"k": "region", "v": "north"}
     rare = {"k": "store", "v": RARE_STORE}
     return [
-        Case("a", "lookup", "(a) bare PK SELECT, 1 statement on an open connection", None, False, bare_get_case),
+        Case("a", "lookup", "(a) bare PK SELECT, 1 statement on an open connection", None, False,
+             bare_get_case),
         Case("b", "lookup", "(b) db.tenant() + DeviceRepository.get", "a", False, product_get_case(db)),
-        Case("a2", "lookup", "bare PK SELECT inside its own db.tenant() transaction", "a", True, bare_get_txn_case),
+        Case("a2", "lookup", "bare PK SELECT inside its own db.tenant() transaction", "a", True,
+             bare_get_txn_case),
         Case("b2", "lookup", "(b) with pool_pre_ping=False", "a", True, product_get_case(db_noping)),
         Case("c", "page", "(c) bare PK page, 1 statement", None, False,
              bare_pages_case(BARE_PAGE, {}, ds.sorted_ids, "all")),
@@ -435,6 +457,8 @@ def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_
              product_pages_case(DeviceFilter(labels={"region": "north"}), ds.north_ids, "north")),
         Case("d3", "page", f"(d) list(): label store={RARE_STORE} (rare)", "c", False,
              product_pages_case(DeviceFilter(labels={"store": RARE_STORE}), ds.rare_ids, "rare")),
+        Case("c0", "page", "bare PK page inside its own db.tenant() transaction", "c", True,
+             bare_pages_txn_case),
         Case("c1", "page", "bare page, same shape as type filter", "c", True,
              bare_pages_case(BARE_TYPE_PAGE, {"type": "freezer"}, ds.freezer_ids, "type")),
         Case("c2", "page", "bare page, same shape as region=north", "c", True,
@@ -453,11 +477,17 @@ class BackendResult:
     backend: str
     version: str
     settings: str
-    import_seconds: float
-    imported: int
-    noise_devices: int
+    imports: ImportStats
     results: list[CaseResult]
     plans: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def imported(self) -> int:
+        return self.imports.imported
+
+    @property
+    def import_seconds(self) -> float:
+        return self.imports.seconds
 
     @property
     def rate(self) -> float:
@@ -505,8 +535,17 @@ def noise_tenants(n: int) -> tuple[int, int]:
     return 3, max(50, min(2000, n // 100))
 
 
-async def import_all(db: Database, ds: Dataset, console: Console, backend: str) -> tuple[float, int, int]:
-    """Create the tenants and import everything; returns (seconds for the main tenant, imported, noise)."""
+@dataclass
+class ImportStats:
+    seconds: float
+    imported: int
+    noise: int
+    decile_rates: list[float]  # devices/s over each tenth of the main import
+    note: str = ""
+
+
+async def import_all(db: Database, ds: Dataset, console: Console, backend: str) -> ImportStats:
+    """Create the tenants and import everything through import_devices, timing the main tenant."""
     count, per_tenant = noise_tenants(ds.n)
     noise_ids = [f"{NOISE_PREFIX}-{i}" for i in range(1, count + 1)]
     for tenant_id in [MAIN_TENANT, *noise_ids]:
@@ -523,14 +562,38 @@ async def import_all(db: Database, ds: Dataset, console: Console, backend: str) 
             )
             assert report.imported == per_tenant and not report.errors, report.errors[:3]
         task = progress.add_task(f"{backend}: import {MAIN_TENANT}", total=ds.n)
+        marks: list[tuple[int, float]] = []
+        done = 0
+
+        def on_progress(k: int) -> None:
+            nonlocal done
+            done += k
+            progress.advance(task, k)
+            if done * 10 // ds.n > len(marks) - 1:
+                marks.append((done, time.perf_counter()))
+
         started = time.perf_counter()
-        report = await import_devices(
-            db, MAIN_TENANT, import_rows(ds.devices), on_progress=lambda k: progress.advance(task, k)
-        )
+        marks.append((0, started))
+        report = await import_devices(db, MAIN_TENANT, import_rows(ds.devices), on_progress=on_progress)
         seconds = time.perf_counter() - started
     if report.errors or report.imported != ds.n:
         raise RuntimeError(f"import refused {report.refused} rows, e.g. {report.errors[:3]}")
-    return seconds, report.imported, count * per_tenant
+    rates = [(d1 - d0) / (t1 - t0) for (d0, t0), (d1, t1) in itertools.pairwise(marks) if t1 > t0]
+    return ImportStats(seconds, report.imported, count * per_tenant, rates)
+
+
+async def autoanalyze_note(db: Database) -> str:
+    """Whether autovacuum analyzed the device tables during the import (PostgreSQL)."""
+    async with db.platform() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT relname, autoanalyze_count, autovacuum_count FROM pg_stat_user_tables"
+                " WHERE relname IN ('devices', 'device_labels') ORDER BY relname"
+            )
+        )
+        return "; ".join(
+            f"{r.relname}: {r.autoanalyze_count} autoanalyze, {r.autovacuum_count} autovacuum" for r in rows
+        )
 
 
 async def backend_info(db: Database, target: DbTarget) -> tuple[str, str]:
@@ -639,42 +702,58 @@ async def bench_backend(
     try:
         version, settings = await backend_info(db, target)
         console.log(f"{backend}: {version}; {settings}")
-        seconds, imported, noise = await import_all(db, ds, console, backend)
+        stats = await import_all(db, ds, console, backend)
+        if not db.is_sqlite:
+            await asyncio.sleep(1.0)  # let the statistics collector catch up
+            stats.note = "during the import: " + await autoanalyze_note(db)
         console.log(
-            f"{backend}: imported {imported:,} devices in {seconds:.1f}s = {imported / seconds:,.0f}/s"
+            f"{backend}: imported {stats.imported:,} devices in {stats.seconds:.1f}s = "
+            f"{stats.imported / stats.seconds:,.0f}/s; by tenth: "
+            + " ".join(f"{r:,.0f}" for r in stats.decile_rates)
+            + (f"; {stats.note}" if stats.note else "")
         )
         if not db.is_sqlite:
             started = time.perf_counter()
             await analyze(target)
             console.log(f"{backend}: VACUUM (ANALYZE) took {time.perf_counter() - started:.1f}s")
         cases = make_cases(db, db_noping, ds, args.seed, args.pages_per_walk)
-        results: list[CaseResult] = []
-        gc.collect()
+        timers = {case.key: Timer() for case in cases}
+        runs = {case.key: CaseRun() for case in cases}
         for case in cases:
             n = args.lookups if case.group == "lookup" else args.pages
-            warm = max(20, n // 10)
-            await case.run(warm, NullProbe())
-            timer = Timer()
-            run = await case.run(n, timer)
-            result = CaseResult(case, timer.samples, run.rows / max(run.calls, 1))
+            await case.run(max(20, n // 10), NullProbe(), -1)  # warm-up: caches, prepared statements
+        # Interleaved rounds: a transient slowdown of the machine hits every case alike.
+        for round_no in range(args.rounds):
+            gc.collect()
+            for case in cases:
+                total = args.lookups if case.group == "lookup" else args.pages
+                n = total // args.rounds + (1 if round_no < total % args.rounds else 0)
+                run = await case.run(n, timers[case.key], round_no)
+                runs[case.key].rows += run.rows
+                runs[case.key].calls += run.calls
+            console.log(f"{backend}: timing round {round_no + 1}/{args.rounds} done")
+        results: list[CaseResult] = []
+        for case in cases:
+            run, samples = runs[case.key], timers[case.key].samples
+            result = CaseResult(case, samples, run.rows / max(run.calls, 1))
             results.append(result)
             console.log(
-                f"{backend}: {case.label}: n={len(timer.samples)} p50={result.p50:,.0f}µs "
+                f"{backend}: {case.label}: n={len(samples)} p50={result.p50:,.0f}µs "
                 f"p99={result.p99:,.0f}µs rows/call={result.rows_per_call:.1f}"
             )
         # Round trips per call, counted after timing so the counting wrappers cost nothing above.
         counter = RoundTripCounter([db.engine, db_noping.engine], sqlite=db.is_sqlite)
         try:
             for result in results:
-                await result.case.run(5, NullProbe())  # wrap the pooled connections
+                await result.case.run(5, NullProbe(), -2)  # wrap the pooled connections
                 probe = CountProbe(counter)
                 counter.count = 0
-                await result.case.run(50, probe)
+                await result.case.run(50, probe, -3)
                 result.round_trips = counter.count / max(probe.calls, 1)
         finally:
             counter.close()
         plans = await explain_pages(db, ds) if args.explain else {}
-        return BackendResult(backend, version, settings, seconds, imported, noise, results, plans)
+        return BackendResult(backend, version, settings, stats, results, plans)
     finally:
         await db_noping.dispose()
         await db.dispose()
@@ -691,7 +770,7 @@ def fmt_us(value: float) -> str:
 def ratio(result: CaseResult, base: CaseResult | None, attr: str) -> str:
     if base is None:
         return "—"
-    return f"{getattr(result, attr) / getattr(base, attr):.2f}×"
+    return f"{getattr(result, attr) / getattr(base, attr):.2f}x"
 
 
 HEADERS = [
@@ -700,8 +779,8 @@ HEADERS = [
     "calls",
     "p50 µs",
     "p99 µs",
-    "× bare p50",
-    "× bare p99",
+    "x bare p50",
+    "x bare p99",
     "rows/call",
     "round trips/call",
 ]
@@ -732,7 +811,7 @@ def table_rows(res: BackendResult) -> list[list[str]]:
 
 
 def acceptance(res: BackendResult) -> list[str]:
-    """Lookups and filtered pages within ACCEPT_RATIO× of the bare query (p50 and p99)."""
+    """Lookups and filtered pages within ACCEPT_RATIOx of the bare query (p50 and p99)."""
     keyed = res.by_key()
     lines = []
     for key in ("b", "d1", "d2", "d3"):
@@ -741,8 +820,8 @@ def acceptance(res: BackendResult) -> list[str]:
         p50, p99 = r.p50 / base.p50, r.p99 / base.p99
         verdict = "PASS" if p50 <= ACCEPT_RATIO else "FAIL"
         lines.append(
-            f"{res.backend}: {r.case.label} vs {base.case.key}: {p50:.2f}× p50, {p99:.2f}× p99 -> "
-            f"{verdict} (target ≤ {ACCEPT_RATIO:g}× at p50)"
+            f"{res.backend}: {r.case.label} vs {base.case.key}: {p50:.2f}x p50, {p99:.2f}x p99 -> "
+            f"{verdict} (target ≤ {ACCEPT_RATIO:g}x at p50)"
         )
     return lines
 
@@ -782,18 +861,24 @@ def write_markdown(path: Path, results: list[BackendResult], ds: Dataset, meta: 
         lines.append(f"- {res.backend}: {res.version} ({res.settings})")
     lines += [
         f"- N = {ds.n:,} devices in tenant `{MAIN_TENANT}` (90% type `freezer`, 10% `gateway`; labels "
-        f"store=store-NNN over {ds.stores:,} stores ≈ {ds.n / ds.stores:.0f} devices/store, region=north/south), "
-        f"plus {noise_count} noise tenants × {noise_each:,} devices with the same ids and labels",
+        f"store=store-NNN over {ds.stores:,} stores ≈ {ds.n / ds.stores:.0f} devices/store, "
+        "region=north/south), "
+        f"plus {noise_count} noise tenants x {noise_each:,} devices with the same ids and labels",
         f"- Command: `{meta['command']}`",
         f"- Total run time: {meta['runtime']}",
         "",
         "## Import (devices.importer.import_devices, batch 1,000)",
         "",
-        "| backend | devices | seconds | devices/s |",
-        "|---|---:|---:|---:|",
+        "| backend | devices | seconds | devices/s | devices/s in each tenth of the import |",
+        "|---|---:|---:|---:|---|",
     ]
     for res in results:
-        lines.append(f"| {res.backend} | {res.imported:,} | {res.import_seconds:.1f} | {res.rate:,.0f} |")
+        tenths = " / ".join(f"{r:,.0f}" for r in res.imports.decile_rates)
+        lines.append(
+            f"| {res.backend} | {res.imported:,} | {res.import_seconds:.1f} | {res.rate:,.0f} | {tenths} |"
+        )
+    notes = [f"- {res.backend}: {res.imports.note}" for res in results if res.imports.note]
+    lines += ["", *notes] if notes else []
     lines += [
         "",
         "## Latency (µs per call; ratios against the bare statement named after `vs`)",
@@ -804,7 +889,7 @@ def write_markdown(path: Path, results: list[BackendResult], ds: Dataset, meta: 
     for res in results:
         for row in table_rows(res):
             lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Acceptance (lookups and filtered pages within 3× of the bare query)", ""]
+    lines += ["", "## Acceptance (lookups and filtered pages within 3x of the bare query)", ""]
     for res in results:
         lines += [f"- {line}" for line in acceptance(res)]
     lines += [
@@ -828,7 +913,9 @@ def write_markdown(path: Path, results: list[BackendResult], ds: Dataset, meta: 
         "Counted in a separate pass after timing.",
         "- PostgreSQL: `VACUUM (ANALYZE)` after the import, as autovacuum would do. SQLite: no ANALYZE "
         "(the product never runs it).",
-        f"- Warm-up of 10% (≥ 20 calls) before each timed case; seed {meta['seed']}.",
+        f"- Warm-up of 10% (≥ 20 calls) per case, then {meta['rounds']} interleaved rounds (every case "
+        f"runs 1/{meta['rounds']} of its calls per round, so a transient slowdown hits all cases); "
+        f"seed {meta['seed']}.",
     ]
     for res in results:
         if res.plans:
@@ -850,7 +937,8 @@ def print_table(console: Console, results: list[BackendResult]) -> None:
     console.print(table)
     for res in results:
         console.print(
-            f"{res.backend}: import {res.imported:,} devices in {res.import_seconds:.1f}s = {res.rate:,.0f} devices/s"
+            f"{res.backend}: import {res.imported:,} devices in {res.import_seconds:.1f}s = "
+            f"{res.rate:,.0f} devices/s"
         )
         for line in acceptance(res):
             console.print("  " + line)
@@ -903,6 +991,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lookups", type=int, default=2000, help="timed lookups per case")
     parser.add_argument("--pages", type=int, default=300, help="timed pages per case")
     parser.add_argument("--pages-per-walk", type=int, default=3, help="pages followed from each start")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds")
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--explain", action="store_true", help="add the product queries' plans")
     parser.add_argument("--output", type=Path, default=RESULTS, help="Markdown results file")
@@ -933,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.registry " + " ".join(sys.argv[1:] if argv is None else argv),
         "runtime": f"{runtime / 60:.1f} min ({runtime:.0f} s)",
         "seed": str(args.seed),
+        "rounds": str(args.rounds),
         "pages_per_walk": str(args.pages_per_walk),
     }
     write_markdown(args.output, results, ds, meta)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -17,10 +17,10 @@ from storage.database import Database
 from tests.conftest import TenantFactory, TenantHandle, bearer
 
 
-async def _until(predicate: object, timeout: float = 10.0) -> None:
+async def _until(predicate: object, limit: float = 10.0) -> None:
     """Poll an async predicate until it is true (a wait for a condition, not a sleep)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit
     while not await predicate():  # type: ignore[operator]
         if loop.time() > deadline:
             raise TimeoutError("condition not reached")

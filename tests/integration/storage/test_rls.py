@@ -68,6 +68,14 @@ def rows_of(tenant: str, tag: str) -> dict[str, dict[str, Any]]:
             "created_at": NOW,
             "revoked_at": None,
         },
+        "device_bindings": {  # one per device: the rows for A's "dev-1" differ in tenant only
+            "tenant_id": tenant,
+            "device_id": "dev-1",
+            "kind": "modbus",
+            "config": '{"unit": 1}',
+            "created_at": NOW,
+            "updated_at": NOW,
+        },
         "dead_letters": {  # the id is a sequence
             "tenant_id": tenant,
             "device_id": "dev-1",
@@ -111,6 +119,7 @@ MUTABLE_COLUMN = {
     "devices": "name",
     "device_labels": "value",
     "device_credentials": "secret_hash",
+    "device_bindings": "kind",
     "dead_letters": "detail",
     "users": "display_name",
     "api_tokens": "name",
