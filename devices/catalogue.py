@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from model.devices import DeviceProfile, DeviceStatus, MetricSpec
 from storage.database import Database
 from storage.tables import device_types, devices
+from storage.tenancy import TenantRepository
 
 
 class StatusChangeLike(Protocol):
@@ -42,6 +43,18 @@ class RegistryCatalogue:
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._cache: dict[tuple[str, str], tuple[float, DeviceProfile | None]] = {}
+        self._tenants: dict[str, tuple[float, bool]] = {}
+
+    async def tenant_exists(self, tenant_id: str) -> bool:
+        """Whether the tenant exists (cached like a device profile)."""
+        now = time.monotonic()
+        cached = self._tenants.get(tenant_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._database.platform() as conn:
+            exists = await TenantRepository(conn).find(tenant_id) is not None
+        self._tenants[tenant_id] = (now + (self._ttl if exists else self._negative_ttl), exists)
+        return exists
 
     def invalidate(self, tenant_id: str, device_id: str) -> None:
         """Forget a cached profile (after a device or its type changed)."""

@@ -24,9 +24,8 @@ class RejectReason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     UNKNOWN_METRIC = "unknown_metric"
     WRONG_TYPE = "wrong_type"
-    OUT_OF_RANGE = "out_of_range"
-    UNAUTHORIZED = "unauthorized"
     STORE_REJECTED = "store_rejected"
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,7 @@ class DeadLetterRecorder:
             async with self._database.platform() as conn:
                 known = await TenantRepository(conn).find(tenant_id) is not None
         if tenant_id is None or not known:
-            # No tenant to file it under: it stays counted (reason unknown_tenant) and logged.
+            # No tenant to file it under: it stays counted under its reason, and logged.
             for r in rejections[:5]:
                 logger.warning(
                     "refused message for unknown tenant %r: %s (%s)", tenant_id, r.reason, r.detail

@@ -35,6 +35,10 @@ class DeviceCatalogue(Protocol):
         """Persist status changes (online/offline with the time last seen)."""
         ...
 
+    async def tenant_exists(self, tenant_id: str) -> bool:
+        """Whether the tenant exists (readings for an unknown tenant are refused as such)."""
+        ...
+
 
 ReadingConsumer = Callable[[Reading], Awaitable[None]]
 StatusConsumer = Callable[[StatusChange], Awaitable[None]]
@@ -62,7 +66,9 @@ def _in_range(spec: MetricSpec, value: MetricValue) -> bool:
     return (spec.min is None or value >= spec.min) and (spec.max is None or value <= spec.max)
 
 
-def check_reading(reading: Reading, profile: DeviceProfile | None, now: datetime) -> _Verdict:
+def check_reading(
+    reading: Reading, profile: DeviceProfile | None, now: datetime, *, tenant_known: bool = True
+) -> _Verdict:
     """Accept a reading as declared by its device type's catalogue, or say why not.
 
     Policy (ADR 0008): an unknown device, a metric missing from the catalogue or a value of the
@@ -74,6 +80,8 @@ def check_reading(reading: Reading, profile: DeviceProfile | None, now: datetime
         rejection = Rejection(reading.tenant_id, reading.device_id, reason, detail, reading.source, b"", now)
         return _Verdict(None, rejection)
 
+    if not tenant_known:
+        return refuse(RejectReason.UNKNOWN_TENANT, f"tenant {reading.tenant_id!r} does not exist")
     if profile is None:
         return refuse(
             RejectReason.UNKNOWN_DEVICE, f"device {reading.device_id!r} is not registered in this tenant"
@@ -138,14 +146,14 @@ class Ingestor:
                 await self.process(batch)
             except Exception:  # a bug in one batch must not stop ingestion for everyone
                 logger.exception("ingestion of a batch of %d readings failed", len(batch))
-                self._dead_letter_batch(batch, "internal error while ingesting; see the logs")
+                self._dead_letter_batch(batch, "internal error while ingesting; see the server log")
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _dead_letter_batch(self, batch: Sequence[Reading], detail: str) -> None:
         now = self.clock()
         for r in batch:
             self.recorder.record(
-                Rejection(r.tenant_id, r.device_id, RejectReason.STORE_REJECTED, detail, r.source, b"", now)
+                Rejection(r.tenant_id, r.device_id, RejectReason.INTERNAL_ERROR, detail, r.source, b"", now)
             )
 
     async def run_status_sweeper(self, interval: float = 5.0) -> None:
@@ -180,9 +188,7 @@ class Ingestor:
         """Validate, store, track and fan out one batch; returns the readings accepted."""
         now = self.clock()
         accepted = await self._validate(batch, now)
-        if accepted:
-            await self._store(accepted, now)
-        stored = [r for r in accepted if r is not None]
+        stored = await self._store(accepted, now) if accepted else []
         if not stored:
             return []
         self.metrics.stored.inc(len(stored))
@@ -204,26 +210,38 @@ class Ingestor:
             self.metrics.received.labels(reading.source.kind).inc()
             by_tenant.setdefault(reading.tenant_id, set()).add(reading.device_id)
         profiles: dict[tuple[str, str], DeviceProfile] = {}
+        unknown_tenants: set[str] = set()
         for tenant_id, device_ids in by_tenant.items():
             found = await self.catalogue.profiles(tenant_id, device_ids)
+            if not found and not await self.catalogue.tenant_exists(tenant_id):
+                unknown_tenants.add(tenant_id)
             profiles.update({(tenant_id, d): p for d, p in found.items()})
             self.status.learn(tenant_id, found.values())
         accepted = []
         for reading in batch:
-            verdict = check_reading(reading, profiles.get((reading.tenant_id, reading.device_id)), now)
+            verdict = check_reading(
+                reading,
+                profiles.get((reading.tenant_id, reading.device_id)),
+                now,
+                tenant_known=reading.tenant_id not in unknown_tenants,
+            )
             if verdict.rejection is not None:
                 self.recorder.record(verdict.rejection)
             elif verdict.reading is not None:
                 accepted.append(verdict.reading)
         return accepted
 
-    async def _store(self, readings: list[Reading], now: datetime) -> None:
-        """Write with retries while the store pushes back; the bus fills meanwhile (backpressure)."""
+    async def _store(self, readings: list[Reading], now: datetime) -> list[Reading]:
+        """Write with retries while the store pushes back (the bus fills meanwhile: backpressure).
+
+        Returns what was stored: samples the store refused are dead-lettered and taken out, so
+        live clients and rules never see a value that history does not have.
+        """
         delay = 0.1
         while True:
             try:
                 await self.store.write(readings)
-                return
+                return readings
             except BackpressureError as exc:
                 self.metrics.store_retries.inc()
                 logger.warning(
@@ -234,7 +252,7 @@ class Ingestor:
             except PlatformError as exc:
                 if isinstance(exc, TelemetryWriteRejected):
                     self._record_store_rejections(exc, now)
-                    return
+                    return _without_refused(readings, exc)
                 # Misconfiguration or a server error: hold the batch and push back rather than
                 # drop it; the log and the retry counter say why ingestion stalls.
                 self.metrics.store_retries.inc()
@@ -268,3 +286,20 @@ class Ingestor:
                     await consumer(change)
                 except Exception:
                     logger.exception("status consumer failed for %s/%s", change.tenant_id, change.device_id)
+
+
+def _without_refused(readings: list[Reading], exc: TelemetryWriteRejected) -> list[Reading]:
+    """``readings`` minus the samples the store refused (readings left empty are dropped)."""
+    refused = {(r.tenant_id, r.device_id, r.ts, m) for r, _ in exc.rejected for m in r.metrics}
+    kept = []
+    for reading in readings:
+        metrics = {
+            k: v
+            for k, v in reading.metrics.items()
+            if (reading.tenant_id, reading.device_id, reading.ts, k) not in refused
+        }
+        if len(metrics) == len(reading.metrics):
+            kept.append(reading)
+        elif metrics:
+            kept.append(replace(reading, metrics=metrics))
+    return kept
