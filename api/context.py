@@ -32,6 +32,7 @@ class ApiContext:
     sink: ReadingSink | None = None
     live: LiveHub | None = None
     device_payload_bytes: int = 65_536
+    live_heartbeat_s: float = 15.0
     on_bindings_changed: Callable[[set[str]], Awaitable[None]] | None = None
 
     async def bindings_changed(self, kinds: set[str]) -> None:

@@ -16,6 +16,7 @@ from api.problems import install_problem_handlers
 from api.routers import health
 from api.v1 import build_v1_router
 from connectors.base import Connector
+from server.logs import install_redaction
 from server.runtime import Runtime
 from server.settings import Settings
 from storage.database import Database
@@ -45,6 +46,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        install_redaction()  # after the server configured its loggers
         await db.assert_isolating_role()
         logger.info("flatgigs serving on %s (database: %s)", settings.public_url, db.dialect)
         try:

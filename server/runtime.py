@@ -31,7 +31,13 @@ def build_telemetry_store(settings: Settings) -> TelemetryStore:
     if settings.influx_url:
         from storage.telemetry.influx import InfluxTelemetryStore
 
-        return InfluxTelemetryStore(settings.influx_url, database_prefix=settings.influx_database_prefix)
+        password = settings.influx_password.get_secret_value() if settings.influx_password else None
+        return InfluxTelemetryStore(
+            settings.influx_url,
+            database_prefix=settings.influx_database_prefix,
+            username=settings.influx_username,
+            password=password,
+        )
     from storage.telemetry.embedded import EmbeddedTelemetryStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +74,8 @@ def build_connectors(settings: Settings, bus: ReadingBus, database: Database) ->
                 host=parts.hostname or "127.0.0.1",
                 port=parts.port or 1883,
                 client_id=settings.mqtt_client_id,
+                username=parts.username,
+                password=parts.password,
                 shared_group=settings.mqtt_shared_group,
                 max_payload_bytes=settings.device_payload_bytes,
             )

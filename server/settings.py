@@ -52,9 +52,14 @@ class Settings(BaseSettings):
     influx_url: str | None = Field(
         default=None, description="InfluxDB 1.x-compatible HTTP URL; default: the embedded store."
     )
+    influx_username: str | None = None
+    influx_password: SecretStr | None = None
     influx_database_prefix: str = Field(default="flatgigs_", pattern=r"^[a-z_][a-z0-9_]{0,30}$")
     mqtt_url: str | None = Field(
-        default=None, description="mqtt://host:port of the broker to ingest from; default: no MQTT."
+        default=None,
+        pattern=r"^mqtt://",
+        description="mqtt://[user:password@]host:port of the broker to ingest from; default: no MQTT. "
+        "(TLS to the broker, mqtts://, is not supported yet.)",
     )
     mqtt_client_id: str = Field(default="flatgigs-ingest", min_length=1, max_length=64)
     mqtt_shared_group: str | None = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, WebSocket, status
@@ -23,7 +23,6 @@ from pipeline.live import LiveEvent, LiveHub, Subscription
 
 router = APIRouter(prefix="/live", tags=["live"], responses=PROBLEM_RESPONSES)
 
-HEARTBEAT_S = 15.0
 BUFFER = 256
 SCOPE = "telemetry:read"
 
@@ -42,14 +41,33 @@ def _hub(ctx: ApiContext) -> LiveHub:
     return ctx.live
 
 
-async def _events(sub: Subscription, heartbeat: float) -> AsyncIterator[LiveEvent | None]:
-    """The subscription's events, with None as a heartbeat when nothing happens for a while."""
+async def _events(
+    sub: Subscription, heartbeat: float, authorized: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[LiveEvent | None]:
+    """The subscription's events, with None as a heartbeat when nothing happens for a while.
+
+    The token is checked again at every heartbeat, so a revoked or expired token (or a
+    suspended tenant) ends the stream within one heartbeat interval.
+    """
     iterator = aiter(sub)
     while True:
         try:
             yield await asyncio.wait_for(anext(iterator), heartbeat)
         except TimeoutError:
+            if not await authorized():
+                return
             yield None
+
+
+def _recheck(ctx: ApiContext, raw: str) -> Callable[[], Awaitable[bool]]:
+    async def authorized() -> bool:
+        try:
+            check_scope(await principal_for(ctx.database, raw), SCOPE)
+        except PlatformError:
+            return False
+        return True
+
+    return authorized
 
 
 def _sse(event: LiveEvent | None) -> bytes:
@@ -72,16 +90,15 @@ async def sse(
 ) -> StreamingResponse:
     """Events `reading`, `status` and `missed` (a slow client lost that many old events)."""
     ctx = api_context(request)
-    principal = check_scope(
-        await principal_for(ctx.database, _token(request.headers.get("authorization"), access_token)), SCOPE
-    )
+    raw = _token(request.headers.get("authorization"), access_token)
+    principal = check_scope(await principal_for(ctx.database, raw), SCOPE)
     hub = _hub(ctx)
     sub = hub.subscribe(principal.tenant, devices=device, metrics=metric, capacity=BUFFER)
 
     async def stream() -> AsyncIterator[bytes]:
         try:
             yield b": connected\n\n"
-            async for event in _events(sub, HEARTBEAT_S):
+            async for event in _events(sub, ctx.live_heartbeat_s, _recheck(ctx, raw)):
                 yield _sse(event)
         finally:
             hub.unsubscribe(sub)
@@ -114,7 +131,7 @@ async def websocket(
     sub = hub.subscribe(principal.tenant, devices=device, metrics=metric, capacity=BUFFER)
 
     async def forward() -> None:
-        async for event in _events(sub, HEARTBEAT_S):
+        async for event in _events(sub, ctx.live_heartbeat_s, _recheck(ctx, raw)):
             message = {"type": "heartbeat"} if event is None else {"type": event.kind, "data": event.data}
             await ws.send_text(json.dumps(message, separators=(",", ":")))
 

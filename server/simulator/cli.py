@@ -98,12 +98,13 @@ class _Display:
             if stats.sim_time is not None
             else "-"
         )
-        elapsed = time.monotonic() - self.started
+        clock = session.clock
+        elapsed = clock.elapsed() if clock is not None else time.monotonic() - self.started
         header = Text.assemble(
             ("flatgigs simulate", "bold"),
             f"  tenant {session.tenant or '?'}  {fleet} devices  speed x{o.speed:g}  ",
             (stats.phase, "cyan"),
-            f"  sim {sim}  elapsed {elapsed:,.0f} s",
+            f"  sim {sim}  {'live' if clock is not None else 'elapsed'} {elapsed:,.0f} s",
             f" / {o.duration:g} s" if o.duration else "",
         )
         rates = self._rates()
@@ -155,15 +156,19 @@ async def _main(session: Session, *, progress: bool) -> Stats:
             live.update(display.render(), refresh=True)
             await asyncio.sleep(0.25)
 
-    with live if live is not None else contextlib.nullcontext():
-        ticker = asyncio.create_task(refresh()) if live is not None else None
-        try:
-            return await session.run(stop)
-        finally:
-            if ticker is not None:
-                ticker.cancel()
-            if live is not None:
-                live.update(display.render(), refresh=True)
+    try:
+        with live if live is not None else contextlib.nullcontext():
+            ticker = asyncio.create_task(refresh()) if live is not None else None
+            try:
+                return await session.run(stop)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+                if live is not None:
+                    live.update(display.render(), refresh=True)
+    finally:
+        if live is not None and not console.is_terminal:
+            console.line()  # the last frame ends without a newline off a terminal
 
 
 def _summary(stats: Stats, seconds: float) -> str:

@@ -280,6 +280,7 @@ class HttpDriver:
         timeout: float = 15.0,
         max_connections: int = 32,
         retries: int = 3,
+        max_busy_s: float = 60.0,
         limiter: RateLimiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         name: str = "http",
@@ -289,6 +290,7 @@ class HttpDriver:
         self.timeout = timeout
         self.max_connections = max_connections
         self.retries = retries
+        self.max_busy_s = max_busy_s
         self.limiter = limiter
         self.transport = transport
         self.name = name
@@ -307,7 +309,11 @@ class HttpDriver:
             )
 
     async def send(self, device_id: str, payload: bytes) -> None:
-        """Post one payload; retries transient failures, refreshes a refused credential once."""
+        """Post one payload; refreshes a refused credential once.
+
+        A busy platform (503/429, its backpressure) is waited for, following ``Retry-After``, for up
+        to ``max_busy_s`` in all; network errors and 502/504 are retried ``retries`` times.
+        """
         if self._client is None:
             await self.start()
         assert self._client is not None
@@ -319,6 +325,7 @@ class HttpDriver:
             raise SendError(f"{device_id} has no device credential") from exc
         refreshed = False
         attempt = 0
+        busy_for = 0.0
         while True:
             try:
                 response = await self._client.post(
@@ -338,8 +345,13 @@ class HttpDriver:
                 refreshed = True
                 token = await self._refresh(device_id, token)
                 continue
-            if response.status_code in (429, 502, 503, 504) and attempt < self.retries:
-                await asyncio.sleep(self._retry_after(response, attempt))
+            if response.status_code in (429, 503) and busy_for < self.max_busy_s:
+                delay = self._retry_after(response, attempt)
+                busy_for += delay
+                await asyncio.sleep(delay)
+                continue
+            if response.status_code in (502, 504) and attempt < self.retries:
+                await asyncio.sleep(0.5 * 2**attempt)
                 attempt += 1
                 continue
             raise SendError(f"HTTP {response.status_code}: {_problem_detail(response)}")

@@ -27,8 +27,9 @@ CREDENTIALS_FILE = "simulator-credentials.json"
 PAGE = 500
 RETRIES = 4
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-# Writes (devices, credentials) in parallel: only a few, the embedded SQLite serialises them anyway.
-WRITE_CONCURRENCY = 4
+# Writes (devices, credentials) one at a time: concurrent writes collide on the embedded SQLite
+# ("database is locked", answered 500), and they happen once per device, cached afterwards.
+WRITE_CONCURRENCY = 1
 
 
 class ProvisioningError(Exception):

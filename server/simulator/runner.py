@@ -491,15 +491,22 @@ class Session:
                 if o.backfill and not stop.is_set():
                     self._phase("backfill")
                     self.note(f"backfill: {o.backfill / 3600:g} h of history before the live run, over HTTP")
-                    await backfill(
-                        fleet,
-                        drivers["http"],
-                        self.stats,
-                        start=self.t0 - o.backfill,
-                        end=self.t0,
-                        stop=stop,
-                        concurrency=min(8, o.concurrency),
+                    # History has no deadline: wait out the platform's backpressure for long.
+                    history = HttpDriver(
+                        o.api, credentials, max_connections=8, max_busy_s=600.0, transport=self.transport
                     )
+                    try:
+                        await backfill(
+                            fleet,
+                            history,
+                            self.stats,
+                            start=self.t0 - o.backfill,
+                            end=self.t0,
+                            stop=stop,
+                            concurrency=min(8, o.concurrency),
+                        )
+                    finally:
+                        await history.close()
                 if o.duration != 0 and not stop.is_set():
                     self._phase("live")
                     clock_start = self.t0 if o.speed > 1 else max(self.t0, self.wall_clock())
@@ -526,9 +533,9 @@ class Session:
     def _drivers(self, credentials: CredentialStore) -> dict[str, Driver]:
         o = self.options
         limiter = RateLimiter(o.rate) if o.rate else None
-        used = set(self.routes.values())
+        used = set(self.routes.values()) if o.duration != 0 else set()
         drivers: dict[str, Driver] = {}
-        if "http" in used or o.backfill:
+        if "http" in used:
             drivers["http"] = HttpDriver(
                 o.api, credentials, max_connections=o.concurrency, limiter=limiter, transport=self.transport
             )

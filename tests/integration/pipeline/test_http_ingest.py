@@ -158,7 +158,7 @@ async def test_backpressure_answers_503_with_retry_after(
     # Without its lifespan the app ingests nothing, so the bounded queue fills deterministically.
     app = create_app(load_settings(data_dir=tmp_path, ingest_queue_size=10), database)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-        t, device_token = await _freezer(client, tenants)
+        _t, device_token = await _freezer(client, tenants)
         statuses = []
         for i in range(15):
             r = await client.post("/api/v1/ingest", json={"temp": float(i)}, headers=bearer(device_token))

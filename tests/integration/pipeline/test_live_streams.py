@@ -24,6 +24,7 @@ async def server(tmp_path: Path, database: Database) -> AsyncIterator[str]:
     """A real uvicorn server (streams need a real HTTP connection) on a free port."""
     port = free_port()
     app = create_app(load_settings(data_dir=tmp_path, port=port), database)
+    app.state.api_context.live_heartbeat_s = 0.2  # fast re-checks of the token
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve())
@@ -118,3 +119,37 @@ async def test_websocket_streams_readings(server: str, tenants: TenantFactory) -
         with pytest.raises(websockets.exceptions.InvalidStatus):
             async with websockets.connect(f"ws://{server}/api/v1/live/ws?access_token=nope"):
                 pass
+
+
+async def test_revoking_the_token_ends_an_open_stream(server: str, tenants: TenantFactory) -> None:
+    t = await tenants.create()
+    async with httpx.AsyncClient(base_url=f"http://{server}", timeout=10) as http:
+        r = await http.post(
+            "/api/v1/tokens", json={"name": "dash", "scopes": ["telemetry:read"]}, headers=t.headers
+        )
+        token, token_id = r.json()["token"], r.json()["id"]
+        async with http.stream("GET", "/api/v1/live/sse", params={"access_token": token}) as stream:
+            lines = stream.aiter_lines()
+            assert await anext(lines) == ": connected"
+            await http.delete(f"/api/v1/tokens/{token_id}", headers=t.headers)
+            async with asyncio.timeout(10):
+                rest = [line async for line in lines]  # ends when the server closes the stream
+        assert all(not line.startswith("event: reading") for line in rest)
+
+
+async def test_access_tokens_are_redacted_from_access_logs() -> None:
+    import logging
+
+    from server.logs import RedactSecrets
+
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/api/v1/live/sse?device=a&access_token=fg.t.k.s3cret", "1.1", 200),
+        None,
+    )
+    assert RedactSecrets().filter(record)
+    assert "s3cret" not in record.getMessage() and "access_token=REDACTED" in record.getMessage()
