@@ -24,7 +24,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness", responses={503: {"description": "Not ready"}})
 async def readyz(request: Request) -> Response:
-    """Ready to serve traffic: the database answers."""
+    """Ready to serve traffic: the database answers; connector states are reported alongside."""
     try:
         await api_context(request).database.ping()
     except Exception as exc:  # any failure means not ready; say which check failed
@@ -37,7 +37,16 @@ async def readyz(request: Request) -> Response:
             detail=f"database unreachable: {type(exc).__name__}",
             checks={"database": "fail"},
         )
-    return JSONResponse({"status": "ready", "checks": {"database": "ok"}})
+    body: dict[str, object] = {"status": "ready", "checks": {"database": "ok"}}
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        # Connectors are reported, not required: a broker outage must not take the API down.
+        body["connectors"] = {
+            name: {"state": h.state.value, "restarts": h.restarts, "last_error": h.last_error}
+            for name, h in runtime.supervisor.health().items()
+        }
+        body["ingest_queue"] = {"depth": runtime.bus.depth, "capacity": runtime.bus.capacity}
+    return JSONResponse(body)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

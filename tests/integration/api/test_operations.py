@@ -18,6 +18,8 @@ async def test_healthz(client: httpx.AsyncClient) -> None:
 async def test_readyz_checks_the_database(client: httpx.AsyncClient) -> None:
     r = await client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"] == {"database": "ok"}
+    assert r.json()["connectors"] == {}
+    assert r.json()["ingest_queue"]["capacity"] > 0
 
 
 async def test_readyz_fails_when_the_database_is_unreachable(settings: Settings) -> None:
