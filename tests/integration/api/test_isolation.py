@@ -306,11 +306,10 @@ def binding_body(dead_port: int) -> dict[str, Any]:
     return {"kind": "modbus", "config": config}
 
 
-async def bind(
-    client: httpx.AsyncClient, tenant_headers: dict[str, str], device: str, dead_port: int
-) -> None:
+async def bind(client: httpx.AsyncClient, headers: dict[str, str], device: str, dead_port: int) -> None:
+    """Bind ``device`` to the unreachable Modbus endpoint."""
     path = f"{API}/devices/{device}/binding"
-    response = await client.put(path, json=binding_body(dead_port), headers=tenant_headers)
+    response = await client.put(path, json=binding_body(dead_port), headers=headers)
     assert response.status_code == 200, response.text
 
 

@@ -16,8 +16,7 @@ import pytest_asyncio
 from model.errors import BackpressureError
 from model.readings import MetricValue, Reading, Source
 from storage.telemetry.influx import InfluxTelemetryStore, TelemetryStoreError
-from storage.telemetry.port import TelemetryWriteRejected
-from storage.telemetry.port import Aggregate, Sample
+from storage.telemetry.port import Aggregate, Sample, TelemetryWriteRejected
 from tests.harness.influxdb import InfluxDBServer, start_influxdb
 
 pytestmark = pytest.mark.influxdb
