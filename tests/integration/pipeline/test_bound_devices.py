@@ -15,6 +15,7 @@ from server.app import create_app
 from server.settings import load_settings
 from storage.database import Database
 from tests.conftest import TenantFactory, TenantHandle
+from tests.harness.modbus import ModbusSpec, RegisterBlock, UnitSpec, start_modbus_server
 from tests.harness.opcua import NAMESPACE_URI, OpcUaServer, PlcWriter, start_opcua_server
 
 
@@ -91,3 +92,69 @@ async def test_opcua_binding(app: FastAPI, plc: OpcUaServer, tenants: TenantFact
         assert (await http.delete("/api/v1/devices/line1/binding", headers=t.headers)).status_code == 204
         assert runtime.supervisor.connectors == []
         assert (await http.get("/api/v1/devices/line1/binding", headers=t.headers)).status_code == 404
+
+
+async def test_modbus_binding(app: FastAPI, tenants: TenantFactory, tmp_path: Path) -> None:
+    spec = ModbusSpec(
+        [
+            UnitSpec(
+                unit_id=1,
+                holding=[RegisterBlock(0, "float32", [230.5, 12.75]), RegisterBlock(4, "uint32", [1234567])],
+            )
+        ]
+    )
+    meter = await asyncio.to_thread(start_modbus_server, spec, tmp_path / "modbus")
+    try:
+        t = await tenants.create("acme")
+        metrics = [{"name": "voltage"}, {"name": "current"}, {"name": "energy_kwh"}]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            await http.post(
+                "/api/v1/device-types",
+                json={"id": "meter", "name": "M", "metrics": metrics},
+                headers=t.headers,
+            )
+            await http.post("/api/v1/devices", json={"id": "meter-17", "type_id": "meter"}, headers=t.headers)
+            config = {
+                "host": "127.0.0.1",
+                "port": meter.port,
+                "poll_interval_s": 0.2,
+                "registers": [
+                    {"metric": "voltage", "address": 0, "kind": "holding", "data_type": "float32"},
+                    {"metric": "current", "address": 2, "kind": "holding", "data_type": "float32"},
+                    {
+                        "metric": "energy_kwh",
+                        "address": 4,
+                        "kind": "holding",
+                        "data_type": "uint32",
+                        "scale": 0.01,
+                    },
+                ],
+            }
+            bad = {**config, "registers": [{**config["registers"][0], "kind": "coil"}]}  # type: ignore[index]
+            r = await http.put(
+                "/api/v1/devices/meter-17/binding", json={"kind": "modbus", "config": bad}, headers=t.headers
+            )
+            assert r.status_code == 422
+            r = await http.put(
+                "/api/v1/devices/meter-17/binding",
+                json={"kind": "modbus", "config": config},
+                headers=t.headers,
+            )
+            assert r.status_code == 200, r.text
+            energy = await _latest(http, t, "meter-17", "energy_kwh")
+            voltage = await _latest(http, t, "meter-17", "voltage")
+            assert energy["value"] == 12345.67 and voltage["value"] == 230.5
+            device = (await http.get("/api/v1/devices/meter-17", headers=t.headers)).json()
+            assert device["status"] == "online"
+
+            await asyncio.to_thread(meter.kill)
+
+            async def offline() -> bool:
+                d = (await http.get("/api/v1/devices/meter-17", headers=t.headers)).json()
+                return bool(d["status"] == "offline")
+
+            async with asyncio.timeout(20):
+                while not await offline():
+                    await asyncio.sleep(0.05)
+    finally:
+        await asyncio.to_thread(meter.stop)
