@@ -80,6 +80,7 @@ NOISE_PREFIX = "bench-noise"
 PAGE = 50
 ACCEPT_RATIO = 3.0
 RARE_STORE = "store-007"
+FRESH_CALLS = 5
 
 BARE_GET = sa.text("SELECT * FROM devices WHERE tenant_id = :t AND id = :id")
 BARE_PAGE = sa.text("SELECT * FROM devices WHERE tenant_id = :t AND id > :after ORDER BY id LIMIT 50")
@@ -269,6 +270,8 @@ class Case:
     baseline: str | None  # key of the case the ratio is taken against
     diagnostic: bool
     run: CaseFn
+    share: float = 1.0  # fraction of --lookups/--pages this case runs
+    countable: bool = True  # round trips can be counted (uses the instrumented engines)
 
 
 @dataclass
@@ -321,7 +324,9 @@ def page_starts(ids: list[str], seed: int, shape: str, round_no: int) -> Iterato
         yield ids[rng.randrange(len(ids))]
 
 
-def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_per_walk: int) -> list[Case]:
+def make_cases(
+    db: Database, db_noping: Database, db_fresh: Database, ds: Dataset, seed: int, pages_per_walk: int
+) -> list[Case]:
     t = MAIN_TENANT
 
     def bare_get_case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
@@ -438,8 +443,36 @@ def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_
 
         return case
 
+    def fresh_connection_pages_case(flt: DeviceFilter, ids: list[str], shape: str) -> CaseFn:
+        """The first FRESH_CALLS pages on each new pooled connection: on PostgreSQL the first 5
+        executions of a prepared statement are planned with the actual values (custom plans)."""
+
+        def case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
+            async def run() -> CaseRun:
+                out = CaseRun()
+                starts = page_starts(ids, seed, shape + ":fresh", round_no)
+                while out.calls < n:
+                    # A new connection, same engine (so SQLAlchemy's compiled cache stays warm).
+                    await db_fresh.engine.dispose()
+                    await db_fresh.ping()  # connect outside the timed calls
+                    for _ in range(min(FRESH_CALLS, n - out.calls)):
+                        probe.start()
+                        async with db_fresh.tenant(t) as scope:
+                            page = await DeviceRepository(scope).list(
+                                flt, limit=PAGE, cursor=encode_cursor(next(starts))
+                            )
+                        probe.stop()
+                        out.calls += 1
+                        out.rows += len(page.items)
+                return out
+
+            return run()
+
+        return case
+
     north = {"k": "region", "v": "north"}
     rare = {"k": "store", "v": RARE_STORE}
+    north_filter = DeviceFilter(labels={"region": "north"})
     return [
         Case("a", "lookup", "(a) bare PK SELECT, 1 statement on an open connection", None, False,
              bare_get_case),
@@ -459,6 +492,12 @@ def make_cases(db: Database, db_noping: Database, ds: Dataset, seed: int, pages_
              product_pages_case(DeviceFilter(labels={"store": RARE_STORE}), ds.rare_ids, "rare")),
         Case("c0", "page", "bare PK page inside its own db.tenant() transaction", "c", True,
              bare_pages_txn_case),
+        Case("d0f", "page", f"(d) list(): no filter, first {FRESH_CALLS} calls on new connections", "c",
+             True, fresh_connection_pages_case(DeviceFilter(), ds.sorted_ids, "all"),
+             share=1 / 3, countable=False),
+        Case("d2f", "page", f"(d) list(): region=north, first {FRESH_CALLS} calls on new connections", "c",
+             True, fresh_connection_pages_case(north_filter, ds.north_ids, "north"),
+             share=1 / 3, countable=False),
         Case("c1", "page", "bare page, same shape as type filter", "c", True,
              bare_pages_case(BARE_TYPE_PAGE, {"type": "freezer"}, ds.freezer_ids, "type")),
         Case("c2", "page", "bare page, same shape as region=north", "c", True,
@@ -480,6 +519,7 @@ class BackendResult:
     imports: ImportStats
     results: list[CaseResult]
     plans: dict[str, list[str]] = field(default_factory=dict)
+    load: str = ""
 
     @property
     def imported(self) -> int:
@@ -699,6 +739,7 @@ async def bench_backend(
 ) -> BackendResult:
     db = Database(target.app_url)
     db_noping = noping_database(target.app_url)
+    db_fresh = Database(target.app_url, pool_size=1)
     try:
         version, settings = await backend_info(db, target)
         console.log(f"{backend}: {version}; {settings}")
@@ -716,22 +757,27 @@ async def bench_backend(
             started = time.perf_counter()
             await analyze(target)
             console.log(f"{backend}: VACUUM (ANALYZE) took {time.perf_counter() - started:.1f}s")
-        cases = make_cases(db, db_noping, ds, args.seed, args.pages_per_walk)
+        cases = make_cases(db, db_noping, db_fresh, ds, args.seed, args.pages_per_walk)
         timers = {case.key: Timer() for case in cases}
         runs = {case.key: CaseRun() for case in cases}
+
+        def iterations(case: Case) -> int:
+            return max(1, int((args.lookups if case.group == "lookup" else args.pages) * case.share))
+
         for case in cases:
-            n = args.lookups if case.group == "lookup" else args.pages
-            await case.run(max(20, n // 10), NullProbe(), -1)  # warm-up: caches, prepared statements
+            await case.run(max(20, iterations(case) // 10), NullProbe(), -1)  # caches, prepared statements
+        load_before = os.getloadavg()
         # Interleaved rounds: a transient slowdown of the machine hits every case alike.
         for round_no in range(args.rounds):
             gc.collect()
             for case in cases:
-                total = args.lookups if case.group == "lookup" else args.pages
+                total = iterations(case)
                 n = total // args.rounds + (1 if round_no < total % args.rounds else 0)
                 run = await case.run(n, timers[case.key], round_no)
                 runs[case.key].rows += run.rows
                 runs[case.key].calls += run.calls
             console.log(f"{backend}: timing round {round_no + 1}/{args.rounds} done")
+        load_after = os.getloadavg()
         results: list[CaseResult] = []
         for case in cases:
             run, samples = runs[case.key], timers[case.key].samples
@@ -745,6 +791,8 @@ async def bench_backend(
         counter = RoundTripCounter([db.engine, db_noping.engine], sqlite=db.is_sqlite)
         try:
             for result in results:
+                if not result.case.countable:
+                    continue
                 await result.case.run(5, NullProbe(), -2)  # wrap the pooled connections
                 probe = CountProbe(counter)
                 counter.count = 0
@@ -753,8 +801,10 @@ async def bench_backend(
         finally:
             counter.close()
         plans = await explain_pages(db, ds) if args.explain else {}
-        return BackendResult(backend, version, settings, stats, results, plans)
+        load = f"{load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end (1-minute load average)"
+        return BackendResult(backend, version, settings, stats, results, plans, load)
     finally:
+        await db_fresh.dispose()
         await db_noping.dispose()
         await db.dispose()
 
@@ -889,6 +939,8 @@ def write_markdown(path: Path, results: list[BackendResult], ds: Dataset, meta: 
     for res in results:
         for row in table_rows(res):
             lines.append("| " + " | ".join(row) + " |")
+    lines += [""]
+    lines += [f"- {res.backend}: machine load during the timing: {res.load}" for res in results]
     lines += ["", "## Acceptance (lookups and filtered pages within 3x of the bare query)", ""]
     for res in results:
         lines += [f"- {line}" for line in acceptance(res)]
@@ -908,6 +960,13 @@ def write_markdown(path: Path, results: list[BackendResult], ds: Dataset, meta: 
         "- Pages resume after a random matching id (same start points for the bare and product "
         f"runs) and walk up to {meta['pages_per_walk']} pages via cursors; rows/call < 50 means walks "
         "reached the end of the matching set.",
+        f"- `first {FRESH_CALLS} calls on new connections`: the pool of a separate engine is disposed "
+        "every 5 pages and a new connection made before timing (SQLAlchemy's compiled cache stays "
+        "warm; the driver prepares each statement again on the new connection). PostgreSQL plans "
+        "the first 5 executions of a prepared statement with the actual values (custom plans) and "
+        "may switch to a generic plan afterwards, so this "
+        "is what each new or recycled pooled connection, and each connection after a plan "
+        "invalidation (e.g. autovacuum ANALYZE), pays. Round trips are not counted for it.",
         "- Round trips/call: PostgreSQL = asyncpg socket writes (each BEGIN, statement, COMMIT, ping "
         "is one request/response); SQLite = jobs handed to aiosqlite's worker thread (thread hops). "
         "Counted in a separate pass after timing.",

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console, Group, RenderableType
@@ -24,7 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from server.simulator.fleet import DEFAULT_STORES, Scenario
-from server.simulator.runner import Session, SimOptions, SimulationError, Stats
+
+if TYPE_CHECKING:  # the runner (httpx, drivers) is imported when the command runs, not when mounted
+    from server.simulator.runner import Session, Stats
 
 app = typer.Typer(
     help="Simulate devices sending telemetry to flatgigs.",
@@ -263,6 +265,8 @@ def simulate(
     are issued once and cached in the data dir. Missing device types and devices are created.
     Stops on Ctrl-C or after --duration; exits 1 if nothing could be sent.
     """
+    from server.simulator.runner import Session, SimOptions, SimulationError
+
     try:
         seconds = parse_duration(duration) if duration is not None else None
         history = parse_duration(backfill) if backfill is not None else None

@@ -402,6 +402,7 @@ class CoapDriver:
         *,
         path: str = "telemetry",
         timeout: float = 15.0,
+        max_busy_s: float = 60.0,
         limiter: RateLimiter | None = None,
     ) -> None:
         parts = urlsplit(url)
@@ -412,6 +413,7 @@ class CoapDriver:
         self.path = path.strip("/")
         self.credentials = credentials
         self.timeout = timeout
+        self.max_busy_s = max_busy_s
         self.limiter = limiter
         self._aiocoap: ModuleType | None = None
         self._context: Any = None
@@ -427,7 +429,7 @@ class CoapDriver:
             self._context = await self._aiocoap.Context.create_client_context()
 
     async def send(self, device_id: str, payload: bytes) -> None:
-        """POST one payload; asks for a new credential once on 4.01 Unauthorized."""
+        """POST one payload; a new credential once on 4.01, waits for a busy platform on 5.03."""
         if self._context is None:
             await self.start()
         coap = self._aiocoap
@@ -438,7 +440,9 @@ class CoapDriver:
             token = self.credentials.token(device_id)
         except KeyError as exc:
             raise SendError(f"{device_id} has no device credential") from exc
-        for attempt in range(2):
+        refreshed = False
+        busy_for = 0.0
+        while True:
             request = coap.Message(
                 code=coap.POST, uri=self.uri(token), payload=payload, content_format=JSON_CONTENT_FORMAT
             )
@@ -451,15 +455,21 @@ class CoapDriver:
                 raise SendError(f"CoAP {type(exc).__name__}: {exc}") from exc
             if response.code.is_successful():
                 return
-            if response.code == coap.UNAUTHORIZED and attempt == 0:
+            if response.code == coap.UNAUTHORIZED and not refreshed:
+                refreshed = True
                 try:
                     token = await self.credentials.refresh(device_id, token)
                 except Exception as exc:
                     raise SendError(f"credential of {device_id} refused and not renewable: {exc}") from exc
                 continue
+            if response.code == coap.SERVICE_UNAVAILABLE and busy_for < self.max_busy_s:
+                # The platform's backpressure: Max-Age says when to resend (docs/devices/coap.md).
+                delay = min(10.0, max(0.1, float(response.opt.max_age or 1)))
+                busy_for += delay
+                await asyncio.sleep(delay)
+                continue
             detail = bytes(response.payload[:200]).decode("utf-8", "replace")
             raise SendError(f"CoAP {response.code}: {detail}")
-        raise SendError("CoAP credential refused twice")  # pragma: no cover - loop always returns
 
     async def close(self) -> None:
         """Shut the client context down."""

@@ -8,7 +8,7 @@ demo without creating anything:
   ``meter-SS`` (Modbus, every 5 s), the battery sensor ``battery-SS`` (CoAP, every minute) and the
   gateway ``gw-SS`` (HTTP, a door count per minute sent in batches of 5);
 - ``generic`` more freezers ``sim-freezer-NNNNN`` for load tests;
-- the ``plant`` scenario instead plays the PLC of ``globex-plant`` (device ``line1``).
+- the ``plant`` scenario instead plays the PLC of ``globex-plant`` (device ``line1-plc``).
 
 A device's ``protocol`` is how the real device talks; the runner decides how the simulator
 actually delivers it (e.g. over HTTP when no broker is given, or for Modbus, which the platform
@@ -331,17 +331,20 @@ def generic_freezers(
 
 
 def plant_devices(*, seed: int, dropouts_per_day: float) -> list[SimDevice]:
-    """The globex-plant production line: its PLC's Line1 variables as device ``line1``."""
+    """The globex-plant production line: its PLC's Line1 variables as device ``line1-plc``.
+
+    Metric names as in docs/devices/opcua.md: ``speed``, ``temperature``, ``state``.
+    """
     return [
         _device(
             seed,
-            "line1",
+            "line1-plc",
             "plc-line",
             "Line 1 PLC",
             {"site": "plant", "line": "1"},
             DeviceProtocol.OPCUA,
             5.0,
-            LineSignal(derive_seed(seed, "line1")),
+            LineSignal(derive_seed(seed, "line1-plc")),
             dropouts_per_day,
         )
     ]

@@ -68,13 +68,16 @@ def uniform_at(seed: int, t: float, channel: int = 0) -> float:
     return ((_hash(seed, t, channel) >> 11) + 0.5) / 2**53
 
 
-# 65,536 standard normal numbers, drawn once: per-sample noise picks one by hash (fast and pure).
-_NORMALS = (lambda rng: tuple(rng.gauss(0.0, 1.0) for _ in range(1 << 16)))(random.Random(0x5EED))
+@functools.cache
+def _normals() -> tuple[float, ...]:
+    """65,536 standard normal numbers, drawn once: per-sample noise picks one by hash (fast, pure)."""
+    rng = random.Random(0x5EED)
+    return tuple(rng.gauss(0.0, 1.0) for _ in range(1 << 16))
 
 
 def gauss_at(seed: int, t: float, channel: int = 0) -> float:
     """A standard normal number depending only on (seed, ``t`` to the millisecond, channel)."""
-    return _NORMALS[_hash(seed, t, channel + 0x5EED) >> 48]
+    return _normals()[_hash(seed, t, channel + 0x5EED) >> 48]
 
 
 def poisson_at(seed: int, t: float, lam: float, channel: int = 0) -> int:

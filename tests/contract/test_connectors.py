@@ -214,7 +214,8 @@ async def test_commands_are_refused_clearly_until_built(rig: tuple[Rig, Sink]) -
 
 
 def test_every_connector_kind_is_covered() -> None:
-    from connectors import coap, modbus, mqtt as mqtt_module, opcua
+    from connectors import coap, modbus, opcua
+    from connectors import mqtt as mqtt_module
 
     kinds = {
         m.__dict__[n].kind

@@ -67,7 +67,7 @@ def test_scales_to_n_generic_freezers() -> None:
 def test_plant_scenario_plays_the_plc() -> None:
     fleet = build_fleet(scenario=Scenario.PLANT)
     (line,) = fleet.devices
-    assert (line.id, line.type_id, line.protocol) == ("line1", "plc-line", DeviceProtocol.OPCUA)
+    assert (line.id, line.type_id, line.protocol) == ("line1-plc", "plc-line", DeviceProtocol.OPCUA)
     assert set(line.signal.sample(T0)) == {"speed", "temperature", "state"}
     assert set(fleet.types) == {"plc-line"}
 
