@@ -18,6 +18,7 @@ from rich.table import Table
 from model.errors import ConfigurationError, PlatformError
 from model.scopes import ALL_SCOPES, ROLE_SCOPES, Role
 from server.settings import Settings, load_settings
+from server.simulator.cli import simulate as simulate_command
 from storage.database import Database
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(devices_app, name="devices")
+app.command("simulate")(simulate_command)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ from model.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
+_in_transaction: contextvars.ContextVar[bool] = contextvars.ContextVar("in_transaction", default=False)
 _SET_TENANT = sa.text("SELECT set_config('app.tenant_id', :tenant, true)")
 
 
@@ -65,6 +68,7 @@ class Database:
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self._lock = asyncio.Lock()
         if self.is_sqlite:
             _configure_sqlite(self.engine)
 
@@ -81,7 +85,7 @@ class Database:
     @asynccontextmanager
     async def tenant(self, tenant_id: str) -> AsyncIterator[TenantScope]:
         """A transaction that can only see and change ``tenant_id``'s rows."""
-        async with self.engine.begin() as conn:
+        async with self._serialized(), self.engine.begin() as conn:
             if not self.is_sqlite:
                 await conn.execute(_SET_TENANT, {"tenant": tenant_id})
             yield TenantScope(conn, tenant_id)
@@ -89,8 +93,27 @@ class Database:
     @asynccontextmanager
     async def platform(self) -> AsyncIterator[AsyncConnection]:
         """A transaction with no tenant set: platform tables only (RLS hides tenant rows)."""
-        async with self.engine.begin() as conn:
+        async with self._serialized(), self.engine.begin() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def _serialized(self) -> AsyncIterator[None]:
+        """On SQLite, one transaction at a time in this process.
+
+        SQLite has a single writer; concurrent transactions that start reading and then write
+        fail with "database is locked" instead of waiting. Queuing them here (and starting each
+        with BEGIN IMMEDIATE for other processes) turns that into a short wait. A transaction
+        opened inside another one by the same task does not queue behind itself.
+        """
+        if not self.is_sqlite or _in_transaction.get():
+            yield
+            return
+        async with self._lock:
+            token = _in_transaction.set(True)
+            try:
+                yield
+            finally:
+                _in_transaction.reset(token)
 
     async def assert_isolating_role(self) -> None:
         """Refuse a PostgreSQL role that would switch row-level security off.
@@ -156,4 +179,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: SyncConnection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # IMMEDIATE: take the write lock up front, so a transaction that reads and then writes
+        # waits for another process's writer (busy_timeout) instead of failing midway.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

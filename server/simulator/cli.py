@@ -299,9 +299,17 @@ def simulate(
         rate=rate,
         concurrency=concurrency,
     )
-    started = time.monotonic()
+    if speed > 1 and seconds is None:
+        raise typer.BadParameter(
+            "--speed above 1 needs --duration: the simulated window is placed in the past to end now",
+            param_hint="--speed",
+        )
     try:
         session = Session(options, on_note=lambda text: console.print(text, highlight=False))
+    except SimulationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    started = time.monotonic()
+    try:
         stats = asyncio.run(_main(session, progress=console.is_terminal if progress is None else progress))
     except SimulationError as exc:
         err_console.print(f"[red]error:[/red] {exc}")

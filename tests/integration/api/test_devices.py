@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -124,3 +126,20 @@ async def test_device_type_catalogue(client: httpx.AsyncClient, fleet: TenantHan
     assert body["metrics"][0]["unit"] == "°C" and body["inactivity_timeout_s"] == 300
     listed = (await client.get("/api/v1/device-types", headers=fleet.headers)).json()
     assert [t["id"] for t in listed] == ["freezer", "meter"]
+
+
+async def test_concurrent_writes_all_succeed(client: httpx.AsyncClient, tenants: TenantFactory) -> None:
+    # SQLite has one writer: concurrent transactions must queue, not fail with "database is locked".
+    t = await tenants.create()
+    await client.post("/api/v1/device-types", json={"id": "fz", "name": "F"}, headers=t.headers)
+
+    async def create(n: int) -> int:
+        r = await client.post(
+            "/api/v1/devices", json={"id": f"c-{n:03d}", "type_id": "fz"}, headers=t.headers
+        )
+        if r.status_code == 201:
+            r = await client.post(f"/api/v1/devices/c-{n:03d}/credentials", headers=t.headers)
+        return r.status_code
+
+    statuses = await asyncio.gather(*(create(n) for n in range(40)))
+    assert statuses == [201] * 40

@@ -69,6 +69,10 @@ def test_bad_options_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     result = runner.invoke(cli.app, ["--duration", "5"], env={"FLATGIGS_DATA_DIR": str(tmp_path)})
     assert result.exit_code == 2 and "--token" in result.output
+    result = runner.invoke(cli.app, ["--token", "fg.t.k.s", "--speed", "60"], env=env)
+    assert result.exit_code == 2 and "needs --duration" in result.output
+    result = runner.invoke(cli.app, ["--token", "fg.t.k.s", "--duration", "0"], env=env)
+    assert result.exit_code == 2 and "nothing to do" in result.output
 
 
 def test_the_demo_token_is_the_default(tmp_path: Path) -> None:
