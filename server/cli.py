@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -108,7 +111,11 @@ def serve(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    simulate: Annotated[
+        bool, typer.Option(help="Also run the fleet simulator against it, so data flows at once.")
+    ] = True,
+) -> None:
     """Set up the demo tenant of the README (once), print how to sign in, and serve."""
     from server.bootstrap import ensure_demo
 
@@ -126,8 +133,71 @@ def demo() -> None:
         f'Try:       curl -H "Authorization: Bearer {creds.token}" {base}/api/v1/devices', soft_wrap=True
     )
     console.print(f"(kept in {settings.data_dir / 'demo-credentials.json'})")
+    if simulate:
+        log = settings.data_dir / "simulator.log"
+        console.print(f"Simulator: the fleet of 40 stores sends live data (log: {log})")
     console.rule()
-    _serve(settings)
+    simulator = _DemoSimulator(settings, creds.token) if simulate else None
+    try:
+        if simulator is not None:
+            simulator.start_when_ready()
+        _serve(settings)
+    finally:
+        if simulator is not None:
+            simulator.stop()
+
+
+class _DemoSimulator:
+    """The fleet simulator as a child process of the demo, started once the API answers."""
+
+    def __init__(self, settings: Settings, token: str) -> None:
+        self.settings = settings
+        self.token = token
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+
+    def start_when_ready(self) -> None:
+        threading.Thread(target=self._start, name="demo-simulator", daemon=True).start()
+
+    def _start(self) -> None:
+        import httpx
+
+        base = f"http://{self.settings.host}:{self.settings.port}"
+        while not self._stopping.is_set():
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            self._stopping.wait(0.2)
+        if self._stopping.is_set():
+            return
+        log = (self.settings.data_dir / "simulator.log").open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable,
+                "-m",
+                "server.simulator",
+                "--api",
+                base,
+                "--token",
+                self.token,
+                "--data-dir",
+                str(self.settings.data_dir),
+                "--no-progress",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
 
 @app.command()

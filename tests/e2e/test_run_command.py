@@ -50,3 +50,14 @@ def test_demo_serves_and_printed_credentials_work(demo: tuple[str, Path]) -> Non
     assert len(r.json()["items"]) == 20 * 9  # 20 northern stores x (6 freezers + 3 other devices)
     assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
     assert httpx.get(f"{base}/api/v1/devices").status_code == 401
+
+    # The simulator started by the demo feeds it: live data appears without anything else to run.
+    headers = {"Authorization": f"Bearer {token.group(1)}"}
+
+    def has_data() -> bool:
+        r = httpx.get(f"{base}/api/v1/devices/freezer-01-1/telemetry/latest", headers=headers)
+        return r.status_code == 200 and "temp" in r.json()["metrics"]
+
+    wait_until(has_data, 120, "simulated freezer data")
+    latest = httpx.get(f"{base}/api/v1/devices/freezer-01-1/telemetry/latest", headers=headers).json()
+    assert -40 < latest["metrics"]["temp"]["value"] < 20
