@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import subprocess
 import sys
 import threading
@@ -147,6 +148,16 @@ def demo(
             simulator.stop()
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to end it when the demo process dies, however it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the demo's own shutdown still stops the simulator
+
+
 class _DemoSimulator:
     """The fleet simulator as a child process of the demo, started once the API answers."""
 
@@ -188,7 +199,11 @@ class _DemoSimulator:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
+        # Linux's parent-death signal follows the thread that forked: this one stays alive
+        # (waiting for the child) so the child ends only when the demo process itself does.
+        self.process.wait()
 
     def stop(self) -> None:
         self._stopping.set()
