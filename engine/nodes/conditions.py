@@ -1,0 +1,342 @@
+"""Conditions: thresholds with hysteresis, expressions, durations, consecutive counts, windows, time."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from datetime import datetime, time, timedelta
+from typing import Any, Literal, Self
+
+from pydantic import Field, model_validator
+
+from engine.evaluation import EvalContext
+from engine.expressions import CompiledExpression, compile_expression
+from engine.nodes.base import CompileContext, Condition, Options
+from engine.nodes.triggers import MetricName
+from engine.registry import REGISTRY, NodeKind
+from model.readings import MetricValue
+
+Comparison = Literal["above", "below"]
+
+
+def _number(value: MetricValue | None) -> float | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+class ThresholdOptions(Options):
+    """Raise above (or below) a level; with ``clear_at``, clear only past a second level."""
+
+    metric: MetricName = Field(json_schema_extra={"widget": "metric"})
+    operator: Comparison = "above"
+    value: float = Field(allow_inf_nan=False)
+    clear_at: float | None = Field(
+        default=None, allow_inf_nan=False, description="Hysteresis: the level that clears it."
+    )
+
+    @model_validator(mode="after")
+    def _clear_on_the_right_side(self) -> Self:
+        if self.clear_at is None:
+            return self
+        if self.operator == "above" and self.clear_at > self.value:
+            raise ValueError("with 'above', clear_at must be at or below value")
+        if self.operator == "below" and self.clear_at < self.value:
+            raise ValueError("with 'below', clear_at must be at or above value")
+        return self
+
+
+@REGISTRY.register(
+    "telemetry.threshold",
+    NodeKind.CONDITION,
+    options=ThresholdOptions,
+    title="Threshold",
+    examples=({"metric": "temp", "operator": "above", "value": -10, "clear_at": -12},),
+)
+class ThresholdCondition(Condition):
+    """True when the metric crosses the level.
+
+    With hysteresis (``clear_at``) it stays true until the metric crosses back past that level.
+    """
+
+    options: ThresholdOptions
+
+    def metrics(self) -> frozenset[str]:
+        return frozenset({self.options.metric})
+
+    def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
+        o = self.options
+        value = _number(ctx.values.get(o.metric))
+        state = ctx.node_state(self.path)
+        was = bool(state.get("active", False))
+        if value is None:
+            return (was if "active" in state else None), f"no numeric value of {o.metric} yet", {}
+        sign = ">" if o.operator == "above" else "<"
+        crosses = value > o.value if o.operator == "above" else value < o.value
+        if o.clear_at is None or not was:
+            active = crosses
+            detail = f"{o.metric} {value:g} {sign} {o.value:g} is {str(crosses).lower()}"
+        else:
+            back = value < o.clear_at if o.operator == "above" else value > o.clear_at
+            active = not back
+            back_sign = "<" if o.operator == "above" else ">"
+            detail = f"{o.metric} {value:g} {back_sign} {o.clear_at:g} (clear level) is {str(back).lower()}"
+        state["active"] = active
+        return active, detail, {o.metric: value}
+
+
+class ExpressionOptions(Options):
+    """A test written as an expression over the device's metrics, e.g. ``temp > -10 and not door_open``."""
+
+    expression: str = Field(min_length=1, max_length=500, json_schema_extra={"widget": "expression"})
+
+
+@REGISTRY.register(
+    "expression",
+    NodeKind.CONDITION,
+    options=ExpressionOptions,
+    title="Expression",
+    examples=({"expression": "temp > -10 and not door_open"},),
+)
+class ExpressionCondition(Condition):
+    """True when the expression holds; metric names are typed from the device type's catalogue."""
+
+    options: ExpressionOptions
+
+    def __init__(self, path: str, options: Any, context: CompileContext, child: Condition | None) -> None:
+        super().__init__(path, options, context, child)
+        self.compiled: CompiledExpression = compile_expression(self.options.expression, context.metrics, path)
+
+    def metrics(self) -> frozenset[str]:
+        return self.compiled.symbols
+
+    def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
+        inputs = {m: ctx.values.get(m) for m in sorted(self.compiled.symbols)}
+        missing = [m for m, v in inputs.items() if v is None]
+        if missing:
+            return None, f"no value yet for {', '.join(missing)}", inputs
+        result = self.compiled.evaluate(inputs)
+        return result, f"{self.options.expression} is {str(result).lower()}", inputs
+
+
+class DurationOptions(Options):
+    """How long the wrapped condition must hold (and, optionally, stay false to clear)."""
+
+    seconds: float = Field(gt=0, le=7 * 86400, json_schema_extra={"widget": "duration"})
+    clear_seconds: float = Field(default=0, ge=0, le=7 * 86400, json_schema_extra={"widget": "duration"})
+
+
+@REGISTRY.register(
+    "duration",
+    NodeKind.CONDITION,
+    options=DurationOptions,
+    title="For a duration",
+    wraps=True,
+    examples=({"seconds": 300, "clear_seconds": 120},),
+)
+class DurationCondition(Condition):
+    """True once the wrapped condition has held for ``seconds``.
+
+    It turns false again once the wrapped condition has failed for ``clear_seconds``.
+    """
+
+    options: DurationOptions
+
+    def metrics(self) -> frozenset[str]:
+        return self.child.metrics() if self.child else frozenset()
+
+    def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
+        assert self.child is not None
+        inner = self.child.check(ctx)
+        state = ctx.node_state(self.path)
+        active = bool(state.get("active", False))
+        now = ctx.now
+        if inner is None:
+            return active, "the wrapped condition is undecided; keeping the last state", {}
+        if inner:
+            state.pop("false_since", None)
+            since = _time(state.setdefault("true_since", now.isoformat()))
+            due = since + timedelta(seconds=self.options.seconds)
+            if not active and now >= due:
+                active = True
+            elif not active:
+                ctx.wake(due)
+            held = (now - since).total_seconds()
+            detail = f"true for {held:g}s of {self.options.seconds:g}s"
+        else:
+            state.pop("true_since", None)
+            since = _time(state.setdefault("false_since", now.isoformat()))
+            due = since + timedelta(seconds=self.options.clear_seconds)
+            if active and now >= due:
+                active = False
+            elif active:
+                ctx.wake(due)
+            held = (now - since).total_seconds()
+            detail = f"false for {held:g}s of {self.options.clear_seconds:g}s needed to clear"
+        state["active"] = active
+        return active, detail, {}
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+class ConsecutiveOptions(Options):
+    """How many readings in a row must satisfy the wrapped condition (and fail it to clear)."""
+
+    count: int = Field(ge=1, le=10_000)
+    clear_count: int = Field(default=1, ge=1, le=10_000)
+
+
+@REGISTRY.register(
+    "consecutive",
+    NodeKind.CONDITION,
+    options=ConsecutiveOptions,
+    title="Consecutive readings",
+    wraps=True,
+    examples=({"count": 3, "clear_count": 2},),
+)
+class ConsecutiveCondition(Condition):
+    """True after ``count`` evaluations in a row where the wrapped condition held."""
+
+    options: ConsecutiveOptions
+
+    def metrics(self) -> frozenset[str]:
+        return self.child.metrics() if self.child else frozenset()
+
+    def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
+        assert self.child is not None
+        inner = self.child.check(ctx)
+        state = ctx.node_state(self.path)
+        active = bool(state.get("active", False))
+        if inner is None:
+            return active, "the wrapped condition is undecided; keeping the count", {}
+        key, other = ("hits", "misses") if inner else ("misses", "hits")
+        state[key] = int(state.get(key, 0)) + 1
+        state[other] = 0
+        if inner and state["hits"] >= self.options.count:
+            active = True
+        if not inner and state["misses"] >= self.options.clear_count:
+            active = False
+        state["active"] = active
+        return active, f"{state['hits']} in a row true, {state['misses']} false", {}
+
+
+class WindowOptions(Options):
+    """An aggregate of a metric over a sliding time window, compared with a level."""
+
+    metric: MetricName = Field(json_schema_extra={"widget": "metric"})
+    function: Literal["mean", "min", "max", "count", "rate"] = "mean"
+    window_s: float = Field(ge=1, le=86400, json_schema_extra={"widget": "duration"})
+    operator: Comparison = "above"
+    value: float = Field(allow_inf_nan=False)
+
+
+MAX_WINDOW_SAMPLES = 10_000
+
+
+@REGISTRY.register(
+    "aggregate.window",
+    NodeKind.CONDITION,
+    options=WindowOptions,
+    title="Aggregate over a window",
+    examples=({"metric": "temp", "function": "mean", "window_s": 600, "operator": "above", "value": -15},),
+)
+class WindowCondition(Condition):
+    """True when an aggregate of the metric over the last ``window_s`` crosses the level.
+
+    ``rate`` is the change per second between the window's first and last samples.
+    """
+
+    options: WindowOptions
+
+    def metrics(self) -> frozenset[str]:
+        return frozenset({self.options.metric})
+
+    def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
+        o = self.options
+        state = ctx.node_state(self.path)
+        samples: deque[tuple[str, float]] = deque(state.get("samples", []), maxlen=MAX_WINDOW_SAMPLES)
+        value = (
+            _number(ctx.values.get(o.metric))
+            if ctx.event.reading and o.metric in ctx.event.reading.metrics
+            else None
+        )
+        if value is not None:
+            samples.append((ctx.now.isoformat(), value))
+        horizon = ctx.now - timedelta(seconds=o.window_s)
+        while samples and _time(samples[0][0]) <= horizon:
+            samples.popleft()
+        state["samples"] = [list(s) for s in samples]
+        if not samples:
+            return None, f"no {o.metric} in the last {o.window_s:g}s", {}
+        values = [v for _, v in samples]
+        aggregate = _aggregate(o.function, values, [_time(t) for t, _ in samples])
+        if aggregate is None:
+            return None, f"{o.function} of {o.metric} needs more samples", {"samples": len(values)}
+        result = aggregate > o.value if o.operator == "above" else aggregate < o.value
+        sign = ">" if o.operator == "above" else "<"
+        label = f"{o.function}({o.metric}, {o.window_s:g}s)"
+        detail = f"{label} {aggregate:.4g} {sign} {o.value:g} is {str(result).lower()}"
+        return result, detail, {"aggregate": aggregate, "samples": len(values)}
+
+
+def _aggregate(function: str, values: list[float], times: list[datetime]) -> float | None:
+    if function == "mean":
+        return math.fsum(values) / len(values)
+    if function == "min":
+        return min(values)
+    if function == "max":
+        return max(values)
+    if function == "count":
+        return float(len(values))
+    span = (times[-1] - times[0]).total_seconds()
+    return (values[-1] - values[0]) / span if len(values) > 1 and span > 0 else None
+
+
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _every_day() -> list[Day]:
+    return ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class TimeWindowOptions(Options):
+    """Days of the week and a time range, in the tenant's time zone."""
+
+    days: list[Day] = Field(default_factory=_every_day, min_length=1)
+    start: time = Field(default=time(0, 0), json_schema_extra={"widget": "time"})
+    end: time = Field(default=time(23, 59, 59), json_schema_extra={"widget": "time"})
+
+
+_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+@REGISTRY.register(
+    "time.window",
+    NodeKind.CONDITION,
+    options=TimeWindowOptions,
+    title="Time of day and day of week",
+    examples=({"days": ["mon", "tue", "wed", "thu", "fri"], "start": "22:00", "end": "06:00"},),
+)
+class TimeWindowCondition(Condition):
+    """True during the given hours on the given days (a range past midnight wraps to the next day)."""
+
+    options: TimeWindowOptions
+
+    def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
+        o = self.options
+        local = ctx.now.astimezone(ctx.device.timezone)
+        clock = local.time().replace(tzinfo=None)
+        if o.start <= o.end:
+            inside = o.start <= clock <= o.end
+            day = _DAYS[local.weekday()]
+        else:  # wraps midnight: the early-morning part belongs to the previous day's window
+            inside = clock >= o.start or clock <= o.end
+            day = _DAYS[(local.weekday() - (1 if clock <= o.end else 0)) % 7]
+        result = inside and day in o.days
+        return (
+            result,
+            f"{day} {clock.strftime('%H:%M')} local is {'inside' if result else 'outside'} the window",
+            {},
+        )

@@ -1,0 +1,165 @@
+"""The node registry: every trigger, condition and action type under a stable dotted key.
+
+A node type declares its options as a pydantic model (the one schema behind validation, the API,
+the editor's forms and the generated docs), a version, and an upgrade hook so saved rules keep
+working when a node changes. Third-party packages register through the ``flatgigs.nodes`` entry
+point group: each entry point is a callable taking the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from engine.document import NodeRef
+from engine.errors import RuleProblem
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "flatgigs.nodes"
+
+
+class NodeKind(StrEnum):
+    """Where a node can stand in a rule."""
+
+    TRIGGER = "trigger"
+    CONDITION = "condition"
+    ACTION = "action"
+
+
+class DuplicateNodeError(RuntimeError):
+    """Two node types claimed the same key: a programming error, refused at start-up."""
+
+
+Upgrade = Callable[[int, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeType:
+    """A registered node type."""
+
+    key: str
+    kind: NodeKind
+    version: int
+    options: type[BaseModel]
+    implementation: type[Any]
+    title: str
+    description: str
+    wraps: bool = False
+    upgrade: Upgrade | None = None
+    examples: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def options_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the options (what the editor renders a form from)."""
+        return self.options.model_json_schema()
+
+
+class NodeRegistry:
+    """Node types by key."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, NodeType] = {}
+
+    def add(self, node_type: NodeType) -> None:
+        """Register a node type; DuplicateNodeError if its key is taken."""
+        if node_type.key in self._types:
+            existing = self._types[node_type.key].implementation
+            raise DuplicateNodeError(
+                f"node key {node_type.key!r} is registered twice "
+                f"({existing.__module__}.{existing.__qualname__} and "
+                f"{node_type.implementation.__module__}.{node_type.implementation.__qualname__})"
+            )
+        self._types[node_type.key] = node_type
+
+    def register(
+        self,
+        key: str,
+        kind: NodeKind,
+        *,
+        options: type[BaseModel],
+        title: str,
+        version: int = 1,
+        wraps: bool = False,
+        upgrade: Upgrade | None = None,
+        examples: tuple[dict[str, Any], ...] = (),
+    ) -> Callable[[type[Any]], type[Any]]:
+        """Class decorator registering an implementation under ``key``."""
+
+        def decorate(cls: type[Any]) -> type[Any]:
+            description = (cls.__doc__ or "").strip()
+            self.add(NodeType(key, kind, version, options, cls, title, description, wraps, upgrade, examples))
+            cls.node_key = key
+            return cls
+
+        return decorate
+
+    def get(self, key: str) -> NodeType | None:
+        """The node type registered under ``key``."""
+        return self._types.get(key)
+
+    def __iter__(self) -> Iterator[NodeType]:
+        return iter(sorted(self._types.values(), key=lambda t: t.key))
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def of_kind(self, kind: NodeKind) -> list[NodeType]:
+        """The node types of one kind, by key."""
+        return [t for t in self if t.kind is kind]
+
+    def load_entry_points(self) -> list[str]:
+        """Let installed packages register their nodes; returns the entry point names loaded."""
+        loaded = []
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()(self)
+            loaded.append(ep.name)
+            logger.info("loaded rule nodes from %s", ep.value)
+        return loaded
+
+    def options_for(self, ref: NodeRef, kind: NodeKind) -> tuple[NodeType, BaseModel] | RuleProblem:
+        """Validate a node's options (upgrading older versions first), or say what is wrong."""
+        node_type = self._types.get(ref.type)
+        if node_type is None:
+            known = [t.key for t in self.of_kind(kind)]
+            return RuleProblem(
+                ref.path, f"unknown {kind.value} type {ref.type!r}", "type", _closest(ref.type, known)
+            )
+        if node_type.kind is not kind:
+            return RuleProblem(
+                ref.path, f"{ref.type!r} is a {node_type.kind.value}, not a {kind.value}", "type"
+            )
+        options = dict(ref.options)
+        if ref.version > node_type.version:
+            return RuleProblem(
+                ref.path, f"version {ref.version} of {ref.type!r} is newer than this server's", "version"
+            )
+        if ref.version < node_type.version:
+            if node_type.upgrade is None:
+                return RuleProblem(
+                    ref.path, f"{ref.type!r} cannot upgrade from version {ref.version}", "version"
+                )
+            options = node_type.upgrade(ref.version, options)
+        try:
+            return node_type, node_type.options.model_validate(options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            message = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+            return RuleProblem(ref.path, message, f"options.{where}" if where else "options")
+
+
+def _closest(word: str, candidates: list[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return found[0] if found else None
+
+
+REGISTRY = NodeRegistry()
+"""The process-wide registry the built-in nodes register into (see engine.nodes)."""
