@@ -1,0 +1,79 @@
+"""The rule index: a reading reaches only the rules of its tenant that can care about it."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from engine.compiler import CompiledRule
+from engine.evaluation import EventKind
+
+
+class RuleIndex:
+    """Published, enabled rules by tenant, event kind and metric.
+
+    A reading with metrics {temp, door_open} for tenant T finds the rules of T that trigger on
+    ``temp`` or ``door_open`` or on any reading; the device selector is then checked per rule.
+    Rules are tenant-scoped here, at compile time, and again when an action runs.
+    """
+
+    def __init__(self) -> None:
+        self._by_metric: dict[str, dict[str, list[CompiledRule]]] = defaultdict(lambda: defaultdict(list))
+        self._any_reading: dict[str, list[CompiledRule]] = defaultdict(list)
+        self._by_kind: dict[tuple[str, EventKind], list[CompiledRule]] = defaultdict(list)
+        self._rules: dict[tuple[str, str], CompiledRule] = {}
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def replace_all(self, rules: Iterable[CompiledRule]) -> None:
+        """Rebuild from scratch (start-up)."""
+        self.__init__()  # type: ignore[misc]
+        for rule in rules:
+            self.put(rule)
+
+    def put(self, rule: CompiledRule) -> None:
+        """Add or replace a rule (a new published version)."""
+        self.remove(rule.tenant_id, rule.rule_id)
+        self._rules[(rule.tenant_id, rule.rule_id)] = rule
+        kinds = rule.event_kinds
+        if EventKind.READING in kinds:
+            metrics = rule.metrics
+            if metrics is None:
+                self._any_reading[rule.tenant_id].append(rule)
+            else:
+                for metric in metrics:
+                    self._by_metric[rule.tenant_id][metric].append(rule)
+        for kind in kinds - {EventKind.READING, EventKind.TIMER}:
+            self._by_kind[(rule.tenant_id, kind)].append(rule)
+
+    def remove(self, tenant_id: str, rule_id: str) -> None:
+        """Drop a rule (disabled, deleted or replaced)."""
+        old = self._rules.pop((tenant_id, rule_id), None)
+        if old is None:
+            return
+        for bucket in (
+            *self._by_metric.get(tenant_id, {}).values(),
+            self._any_reading.get(tenant_id, []),
+            *(rules for (t, _), rules in self._by_kind.items() if t == tenant_id),
+        ):
+            if old in bucket:
+                bucket.remove(old)
+
+    def get(self, tenant_id: str, rule_id: str) -> CompiledRule | None:
+        """One indexed rule."""
+        return self._rules.get((tenant_id, rule_id))
+
+    def for_reading(self, tenant_id: str, metrics: Mapping[str, object]) -> list[CompiledRule]:
+        """The rules a reading with these metrics can trigger, each once."""
+        by_metric = self._by_metric.get(tenant_id)
+        found: dict[int, CompiledRule] = {id(r): r for r in self._any_reading.get(tenant_id, ())}
+        if by_metric:
+            for metric in metrics:
+                for rule in by_metric.get(metric, ()):
+                    found[id(rule)] = rule
+        return list(found.values())
+
+    def for_event(self, tenant_id: str, kind: EventKind) -> list[CompiledRule]:
+        """The rules triggered by status, alarm or schedule events of a tenant."""
+        return list(self._by_kind.get((tenant_id, kind), ()))
