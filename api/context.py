@@ -34,6 +34,13 @@ class ApiContext:
     device_payload_bytes: int = 65_536
     live_heartbeat_s: float = 15.0
     on_bindings_changed: Callable[[set[str]], Awaitable[None]] | None = None
+    on_rules_changed: Callable[[str, str], Awaitable[None]] | None = None
+    allow_private_webhooks: bool = False
+
+    async def rules_changed(self, tenant_id: str, rule_id: str) -> None:
+        """Tell the engine that a rule was published, enabled, disabled or deleted."""
+        if self.on_rules_changed is not None:
+            await self.on_rules_changed(tenant_id, rule_id)
 
     async def bindings_changed(self, kinds: set[str]) -> None:
         """Tell the running connectors that device bindings of ``kinds`` changed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.routers import (
+    alarms,
     dead_letters,
     device_bindings,
     device_credentials,
@@ -12,6 +13,7 @@ from api.routers import (
     devices,
     ingest,
     live,
+    rules,
     telemetry,
     tenants,
     tokens,
@@ -36,6 +38,8 @@ def build_v1_router() -> APIRouter:
         dead_letters,
         ingest,
         live,
+        rules,
+        alarms,
     ):
         router.include_router(module.router)
     return router

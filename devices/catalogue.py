@@ -84,7 +84,7 @@ class RegistryCatalogue:
     async def _load(self, tenant_id: str, device_ids: list[str]) -> dict[str, DeviceProfile]:
         async with self._database.tenant(tenant_id) as scope:
             stmt = (
-                scope.select(devices, devices.c.id, device_types.c.id.label("type_id"))
+                scope.select(devices, devices.c.id, devices.c.labels, device_types.c.id.label("type_id"))
                 .add_columns(device_types.c.metrics, device_types.c.inactivity_timeout_s)
                 .join(
                     device_types,
@@ -104,6 +104,7 @@ class RegistryCatalogue:
                 type_id=row.type_id,
                 metrics={m.name: m for m in specs},
                 inactivity_timeout_s=row.inactivity_timeout_s,
+                labels=dict(row.labels),
             )
         return profiles
 
@@ -114,13 +115,25 @@ class RegistryCatalogue:
             by_tenant.setdefault(change.tenant_id, []).append(change)
         for tenant_id, items in by_tenant.items():
             async with self._database.tenant(tenant_id) as scope:
-                for change in items:
-                    await scope.conn.execute(
-                        scope.update(devices)
-                        .where(devices.c.id == change.device_id)
-                        .values(
-                            status=DeviceStatus(change.status).value,
-                            status_changed_at=change.at,
-                            last_seen_at=change.last_seen,
-                        )
+                # One statement executed for all rows (a fleet coming online is thousands of them).
+                stmt = (
+                    scope.update(devices)
+                    .where(devices.c.id == sa.bindparam("b_device"))
+                    .values(
+                        status=sa.bindparam("b_status"),
+                        status_changed_at=sa.bindparam("b_at"),
+                        last_seen_at=sa.bindparam("b_last_seen"),
                     )
+                )
+                await scope.conn.execute(
+                    stmt,
+                    [
+                        {
+                            "b_device": change.device_id,
+                            "b_status": DeviceStatus(change.status).value,
+                            "b_at": change.at,
+                            "b_last_seen": change.last_seen,
+                        }
+                        for change in items
+                    ],
+                )

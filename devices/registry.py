@@ -291,6 +291,11 @@ class DeviceRepository:
             )
         if after is not None:
             stmt = stmt.where(key > after)
+            if key is not devices.c.id:
+                # Redundant for the result, but it lets PostgreSQL's first (custom) plans of a
+                # prepared statement seek on the devices primary key instead of merge-joining
+                # every device of the tenant up to the cursor (bench/registry.py: 190 ms -> 0.4 ms).
+                stmt = stmt.where(devices.c.id > after)
         stmt = stmt.order_by(key).limit(limit + 1)
         rows = (await self._scope.conn.execute(stmt)).all()
         items = [_device(r) for r in rows[:limit]]

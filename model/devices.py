@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Self
@@ -117,3 +117,4 @@ class DeviceProfile:
     type_id: str
     metrics: Mapping[str, MetricSpec]
     inactivity_timeout_s: int
+    labels: Mapping[str, str] = field(default_factory=dict)

@@ -8,7 +8,9 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, cast
+
+from prometheus_client import Counter
 
 from model.devices import DataType, DeviceProfile, MetricSpec
 from model.errors import BackpressureError, PlatformError
@@ -40,14 +42,17 @@ class DeviceCatalogue(Protocol):
         ...
 
 
-ReadingConsumer = Callable[[Reading], Awaitable[None]]
-StatusConsumer = Callable[[StatusChange], Awaitable[None]]
+ReadingConsumer = Callable[[Reading], Awaitable[object]]
+StatusConsumer = Callable[[StatusChange], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
 class _Verdict:
     reading: Reading | None
     rejection: Rejection | None
+
+
+_NUMBER, _BOOLEAN = DataType.NUMBER, DataType.BOOLEAN
 
 
 def _type_ok(spec: MetricSpec, value: MetricValue) -> bool:
@@ -87,8 +92,18 @@ def check_reading(
             RejectReason.UNKNOWN_DEVICE, f"device {reading.device_id!r} is not registered in this tenant"
         )
     quality = reading.quality
+    specs = profile.metrics
     for name, value in reading.metrics.items():
-        spec = profile.metrics.get(name)
+        spec = specs.get(name)
+        kind = type(value)
+        if spec is not None and spec.data_type is _NUMBER and (kind is float or kind is int):
+            # The common case, decided inline: the same rules as _type_ok and _in_range.
+            low, high, number = spec.min, spec.max, cast(float, value)
+            if (low is not None and number < low) or (high is not None and number > high):
+                quality = Quality.UNCERTAIN
+            continue
+        if spec is not None and kind is bool and spec.data_type is _BOOLEAN:
+            continue
         if spec is None:
             known = ", ".join(sorted(profile.metrics)) or "none"
             return refuse(
@@ -136,6 +151,8 @@ class Ingestor:
         self._status_wakeup = asyncio.Event()
         self.reading_consumers: list[ReadingConsumer] = []
         self.status_consumers: list[StatusConsumer] = []
+        # Children of the labelled counter, bound once: labels() per reading is a locked lookup.
+        self._received_by_kind: dict[str, Counter] = {}
 
     async def run(self) -> None:
         """Process batches until cancelled."""
@@ -193,22 +210,37 @@ class Ingestor:
             return []
         self.metrics.stored.inc(len(stored))
         await self._publish_status(self.status.seen(stored, now))
-        for reading in stored:
-            self.hub.publish_reading(reading)
-            for consumer in self.reading_consumers:
-                try:
-                    await consumer(reading)
-                except Exception:  # one failing consumer must not stop ingestion
-                    logger.exception(
-                        "reading consumer failed for %s/%s", reading.tenant_id, reading.device_id
-                    )
+        self.hub.publish_readings(stored)
+        if self.reading_consumers:
+            for reading in stored:
+                for consumer in self.reading_consumers:
+                    try:
+                        await consumer(reading)
+                    except Exception:  # one failing consumer must not stop ingestion
+                        logger.exception(
+                            "reading consumer failed for %s/%s", reading.tenant_id, reading.device_id
+                        )
         return stored
 
+    def _count_received(self, batch: Sequence[Reading]) -> None:
+        kinds: dict[str, int] = {}
+        for reading in batch:
+            kind = reading.source.kind
+            kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, count in kinds.items():
+            child = self._received_by_kind.get(kind)
+            if child is None:
+                child = self._received_by_kind[kind] = self.metrics.received.labels(kind)
+            child.inc(count)
+
     async def _validate(self, batch: Sequence[Reading], now: datetime) -> list[Reading]:
+        self._count_received(batch)
         by_tenant: dict[str, set[str]] = {}
         for reading in batch:
-            self.metrics.received.labels(reading.source.kind).inc()
-            by_tenant.setdefault(reading.tenant_id, set()).add(reading.device_id)
+            devices = by_tenant.get(reading.tenant_id)
+            if devices is None:
+                devices = by_tenant[reading.tenant_id] = set()
+            devices.add(reading.device_id)
         profiles: dict[tuple[str, str], DeviceProfile] = {}
         unknown_tenants: set[str] = set()
         for tenant_id, device_ids in by_tenant.items():

@@ -75,6 +75,8 @@ def create_app(
         live=runtime.hub,
         device_payload_bytes=settings.device_payload_bytes,
         on_bindings_changed=runtime.reload_bindings,
+        on_rules_changed=runtime.engine.reload,
+        allow_private_webhooks=settings.allow_private_webhooks,
     )
     app.state.runtime = runtime
     app.state.metrics_registry = registry

@@ -13,12 +13,15 @@ from prometheus_client import CollectorRegistry
 from connectors.base import Connector
 from connectors.supervisor import ConnectorSupervisor
 from devices.catalogue import RegistryCatalogue
+from engine.alarms import AlarmService
+from engine.runner import RuleEngine
 from model.errors import PlatformError
 from pipeline.bus import ReadingBus
 from pipeline.deadletters import DeadLetterRecorder
 from pipeline.ingest import Ingestor
 from pipeline.live import LiveHub
 from pipeline.metrics import PipelineMetrics
+from pipeline.status import StatusChange
 from server.settings import Settings
 from storage.database import Database
 from storage.telemetry.port import TelemetryStore
@@ -97,6 +100,7 @@ class Runtime:
     ingestor: Ingestor
     catalogue: RegistryCatalogue
     supervisor: ConnectorSupervisor
+    engine: RuleEngine
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -122,7 +126,21 @@ class Runtime:
         supervisor = ConnectorSupervisor(
             connectors if connectors is not None else build_connectors(settings, bus, database)
         )
-        return cls(settings, database, registry, store, bus, hub, recorder, ingestor, catalogue, supervisor)
+        engine = RuleEngine(
+            database,
+            catalogue,
+            alarms=AlarmService(database),
+            allow_private_webhooks=settings.allow_private_webhooks,
+        )
+        ingestor.reading_consumers.append(engine.on_reading)
+
+        async def on_status(change: StatusChange) -> None:
+            await engine.on_status(change.tenant_id, change.device_id, change.status, change.at)
+
+        ingestor.status_consumers.append(on_status)
+        return cls(
+            settings, database, registry, store, bus, hub, recorder, ingestor, catalogue, supervisor, engine
+        )
 
     async def reload_bindings(self, kinds: set[str] | None = None) -> None:
         """(Re)build the polling and subscribing connectors from the stored device bindings."""
@@ -146,7 +164,9 @@ class Runtime:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runtime]:
         """Run the background tasks for the duration of the block."""
+        await self.engine.load()
         for name, work in (
+            ("rule-timers", self.engine.run_timers()),
             ("ingestor", self.ingestor.run()),
             ("status-sweeper", self.ingestor.run_status_sweeper()),
             ("status-publisher", self.ingestor.run_status_publisher()),

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65535, description="UDP port of the CoAP ingestion server; default: off."
     )
     coap_host: str = Field(default="::", description="Address the CoAP server binds ('::' = all).")
+    allow_private_webhooks: bool = Field(
+        default=False, description="Let rules call webhooks on loopback and private addresses."
+    )
     load_bindings: bool = Field(
         default=True, description="Poll/subscribe to bound devices (Modbus, OPC-UA) in this process."
     )

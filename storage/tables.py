@@ -197,6 +197,128 @@ device_bindings = sa.Table(
     sa.Index(None, "kind"),
 )
 
+# Rules: the row holds status and pointers; every saved document is an immutable version.
+rules = sa.Table(
+    "rules",
+    metadata,
+    _tenant_column(),
+    sa.Column("id", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("latest_version", sa.Integer(), nullable=False),
+    sa.Column("published_version", sa.Integer(), nullable=True),
+    sa.Column("invalid_reason", sa.Text(), nullable=True),
+    sa.Column("last_fired_at", UtcDateTime(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "id"),
+)
+
+rule_versions = sa.Table(
+    "rule_versions",
+    metadata,
+    _tenant_column(),
+    sa.Column("rule_id", sa.String(40), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("document", JSONType, nullable=False),
+    sa.Column("author", sa.String(80), nullable=False),
+    sa.Column("comment", sa.String(500), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "rule_id", "version"),
+    sa.ForeignKeyConstraint(["tenant_id", "rule_id"], ["rules.tenant_id", "rules.id"], ondelete="CASCADE"),
+)
+
+
+# Alarms raised by rules: one ACTIVE alarm per (tenant, rule, device, alarm type), enforced by a
+# partial unique index; a cleared alarm stays as history and a new raise makes a new row (ADR 0012).
+ALARM_ACTIVE = sa.text("cleared_at IS NULL")
+
+alarms = sa.Table(
+    "alarms",
+    metadata,
+    _tenant_column(),
+    sa.Column("id", sa.String(40), nullable=False),
+    sa.Column("rule_id", sa.String(40), nullable=False),
+    sa.Column("device_id", sa.String(128), nullable=False),
+    sa.Column("alarm_type", sa.String(63), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text(), nullable=False),
+    sa.Column("raise_count", sa.Integer(), nullable=False),
+    sa.Column("raised_at", UtcDateTime(), nullable=False),
+    sa.Column("last_raised_at", UtcDateTime(), nullable=False),
+    sa.Column("acknowledged_at", UtcDateTime(), nullable=True),
+    sa.Column("acknowledged_by", sa.String(80), nullable=True),
+    sa.Column("cleared_at", UtcDateTime(), nullable=True),
+    sa.Column("cleared_by", sa.String(80), nullable=True),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "id"),
+    sa.Index(
+        "ix_alarms_one_active",
+        "tenant_id",
+        "rule_id",
+        "device_id",
+        "alarm_type",
+        unique=True,
+        postgresql_where=ALARM_ACTIVE,
+        sqlite_where=ALARM_ACTIVE,
+    ),
+    # Newest-first keyset pages, for the whole tenant and for one device.
+    sa.Index(None, "tenant_id", "raised_at", "id"),
+    sa.Index(None, "tenant_id", "device_id", "raised_at", "id"),
+)
+
+# The history of each alarm: raised, severity_changed, acknowledged, cleared; who and when.
+alarm_events = sa.Table(
+    "alarm_events",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    _tenant_column(),
+    sa.Column("alarm_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("actor", sa.String(80), nullable=True),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text(), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["tenant_id", "alarm_id"],
+        ["alarms.tenant_id", "alarms.id"],
+        ondelete="CASCADE",
+    ),
+    sa.Index(None, "tenant_id", "alarm_id", "id"),
+)
+
+# The engine's durable state per (tenant, rule, device): conditions' memory and the next timer.
+rule_state = sa.Table(
+    "rule_state",
+    metadata,
+    _tenant_column(),
+    sa.Column("rule_id", sa.String(40), nullable=False),
+    sa.Column("device_id", sa.String(128), nullable=False),
+    sa.Column("state", JSONType, nullable=False),
+    sa.Column("wake_at", UtcDateTime(), nullable=True),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "rule_id", "device_id"),
+    sa.ForeignKeyConstraint(["tenant_id", "rule_id"], ["rules.tenant_id", "rules.id"], ondelete="CASCADE"),
+    sa.Index(None, "wake_at"),
+)
+
+# Why a rule did or did not fire: one row per evaluation that reached the rule (pruned per tenant).
+rule_traces = sa.Table(
+    "rule_traces",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    _tenant_column(),
+    sa.Column("rule_id", sa.String(40), nullable=False),
+    sa.Column("rule_version", sa.Integer(), nullable=False),
+    sa.Column("device_id", sa.String(128), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("steps", JSONType, nullable=False),
+    sa.Column("actions", JSONType, nullable=False),
+    sa.Index(None, "tenant_id", "rule_id", "id"),
+)
+
 
 def tenant_owned_tables() -> list[sa.Table]:
     """Every table whose rows belong to one tenant."""

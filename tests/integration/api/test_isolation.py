@@ -55,6 +55,7 @@ import pytest_asyncio
 from _pytest.mark import ParameterSet
 from fastapi import FastAPI
 
+from engine.alarms import AlarmService
 from model.readings import Source
 from model.rejections import Rejection, RejectReason
 from model.scopes import ALL_SCOPES
@@ -89,6 +90,9 @@ PARAM_KEYS = {
     "type_id": "device_type",
     "device_id": "device",
     "credential_id": "credential",
+    "alarm_id": "alarm",
+    "rule_id": "rule",
+    "version": "rule_version",
 }
 
 
@@ -336,6 +340,14 @@ async def seed(
     device = (await created(client, f"{API}/devices", headers, device_body))["id"]
     credential = (await created(client, f"{API}/devices/{device}/credentials", headers))["id"]
     await bind(client, headers, device, dead_port)
+    rule = (await created(client, f"{API}/rules", headers, {"document": rule_document(tid, type_id)}))["id"]
+    # B's rule gets more versions than A's, so "A's rule, B's version number" names no version.
+    versions = 3 if prefix == "iso-foreign" else 1
+    for base in range(1, versions):
+        saved = await client.put(
+            f"{API}/rules/{rule}", json={"document": rule_document(tid, type_id), "base_version": base}, headers=headers
+        )
+        assert saved.status_code == 200, saved.text
     user_body = {"email": f"user@{tid}.example.com", "password": PASSWORD}
     user = (await created(client, f"{API}/users", headers, user_body))["id"]
     token = token_id(await factory.token(tid, ["devices:read"]))
@@ -345,6 +357,10 @@ async def seed(
     async with database.tenant(tid) as scope:
         await DeadLetterRepository(scope).add([rejection])
         (letter,) = await DeadLetterRepository(scope).list(limit=1)
+    # An alarm on the tenant's device (the device id carries the tenant id, so a leak shows).
+    alarm, _ = await AlarmService(database).raise_alarm(
+        tid, "rul_seeded", device, "too-warm", "major", f"seeded for {tid}", utcnow()
+    )
     ids = {
         "tenant": tid,
         "device_type": type_id,
@@ -355,6 +371,9 @@ async def seed(
         "user": user,
         "token": token,
         "dead_letter": str(letter.id),
+        "alarm": alarm.id,
+        "rule": rule,
+        "rule_version": str(versions),
     }
     return Seeded(handle, ids)
 
@@ -382,6 +401,34 @@ async def world(database: Database, tmp_path_factory: pytest.TempPathFactory) ->
 
 BodyFactory = Callable[[World], dict[str, Any]]
 Filters = Callable[[World], list[dict[str, str]]]
+
+
+def rule_document(tenant_id: str, type_id: str) -> dict[str, Any]:
+    """A valid rule of the tenant (its name carries the tenant id, so listings can be checked)."""
+    return {
+        "name": f"Rule of {tenant_id}",
+        "devices": {"type": type_id},
+        "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
+        "if": [{"type": "telemetry.threshold", "options": {"metric": "temp", "value": 0}}],
+        "then": [{"type": "alarm.raise", "options": {"alarm_type": "warm"}}],
+    }
+
+
+def new_rule(w: World) -> dict[str, Any]:
+    return {"document": rule_document(w.own.id, w.own.ids["device_type"])}
+
+
+def save_rule(w: World) -> dict[str, Any]:
+    # Always on a fresh rule (Route.fresh), whose latest version is 1.
+    return {**new_rule(w), "base_version": 1}
+
+
+def latest_version(_: World) -> dict[str, Any]:
+    return {"version": None}
+
+
+def first_version(_: World) -> dict[str, Any]:
+    return {"version": 1}
 
 
 def new_tenant(_: World) -> dict[str, Any]:
@@ -433,8 +480,23 @@ def device_filters(w: World) -> list[dict[str, str]]:
     ]
 
 
+def rule_filters(w: World) -> list[dict[str, str]]:
+    return [{"q": w.foreign.id}, {"q": "Rule of"}, {"status": "draft"}]
+
+
 def dead_letter_filters(_: World) -> list[dict[str, str]]:
     return [{"reason": RejectReason.MALFORMED.value}, {"limit": "1"}]
+
+
+def alarm_filters(w: World) -> list[dict[str, str]]:
+    """Filters aimed at B's device, and ones that match the seeded alarms of both tenants."""
+    return [
+        {"device": w.foreign.ids["device"]},
+        {"rule": "rul_seeded", "alarm_type": "too-warm"},
+        {"state": "active_unack"},
+        {"severity": "major"},
+        {"limit": "1"},
+    ]
 
 
 # A fixed range: the default one ends "now", which would make two reads differ.
@@ -510,6 +572,31 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/api/v1/ingest"): Route(DEVICE, 202, "telemetry", body=reading, tenant_id_body=202),
     ("GET", "/api/v1/live/sse"): Route("telemetry:read", 200, "telemetry", transport="sse"),
     (WEBSOCKET, "/api/v1/live/ws"): Route("telemetry:read", WS_ACCEPTED, "telemetry", transport="ws"),
+    # Alarms. Acknowledge and clear take no body (one naming another tenant is ignored) and are
+    # idempotent, so every case can reuse the seeded alarm.
+    ("GET", "/api/v1/alarms"): Route("alarms:read", 200, "alarm", lists=True, filters=alarm_filters),
+    ("GET", "/api/v1/alarms/{alarm_id}"): Route("alarms:read", 200, "alarm"),
+    ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): Route(
+        "alarms:write", 200, "alarm", tenant_id_body=200
+    ),
+    ("POST", "/api/v1/alarms/{alarm_id}/clear"): Route("alarms:write", 200, "alarm", tenant_id_body=200),
+    ("GET", "/api/v1/rule-nodes"): Route("rules:read", 200, "rule"),
+    ("GET", "/api/v1/rules/schema"): Route("rules:read", 200, "rule"),
+    ("POST", "/api/v1/rules/validate"): Route("rules:read", 200, "rule", body=new_rule),
+    ("GET", "/api/v1/rules"): Route("rules:read", 200, "rule", lists=True, filters=rule_filters),
+    ("POST", "/api/v1/rules"): Route("rules:write", 201, "rule", body=new_rule),
+    ("GET", "/api/v1/rules/{rule_id}"): Route("rules:read", 200, "rule"),
+    ("PUT", "/api/v1/rules/{rule_id}"): Route("rules:write", 200, "rule", body=save_rule, fresh=True),
+    ("DELETE", "/api/v1/rules/{rule_id}"): Route("rules:write", 204, "rule", fresh=True),
+    ("GET", "/api/v1/rules/{rule_id}/versions"): Route("rules:read", 200, "rule"),
+    ("GET", "/api/v1/rules/{rule_id}/versions/{version}"): Route("rules:read", 200, "rule"),
+    ("GET", "/api/v1/rules/{rule_id}/diff"): Route("rules:read", 200, "rule"),
+    ("GET", "/api/v1/rules/{rule_id}/traces"): Route("rules:read", 200, "rule"),
+    ("POST", "/api/v1/rules/{rule_id}/publish"): Route("rules:write", 200, "rule", body=latest_version),
+    ("POST", "/api/v1/rules/{rule_id}/restore"): Route("rules:write", 200, "rule", body=first_version),
+    # Take no body: one naming another tenant is ignored.
+    ("POST", "/api/v1/rules/{rule_id}/enable"): Route("rules:write", 200, "rule", tenant_id_body=200),
+    ("POST", "/api/v1/rules/{rule_id}/disable"): Route("rules:write", 200, "rule", tenant_id_body=200),
 }
 
 # How to read a tenant's data of each kind (the "tenant" kind is the operator's list of tenants).
@@ -522,6 +609,8 @@ KIND_STATE: dict[str, Callable[[Seeded], tuple[str, dict[str, str]]]] = {
     "dead_letter": lambda s: (f"{API}/dead-letters", {"limit": "500"}),
     "telemetry": lambda s: (f"{API}/devices/{s.ids['device']}/telemetry/latest", {}),
     "binding": lambda s: (f"{API}/devices/{s.ids['device']}/binding", {}),
+    "alarm": lambda s: (f"{API}/alarms", {"limit": "500"}),
+    "rule": lambda s: (f"{API}/rules", {}),
 }
 
 
@@ -708,6 +797,10 @@ async def _fresh_credential(client: httpx.AsyncClient, w: World) -> str:
     return str((await created(client, path, w.own.headers))["id"])
 
 
+async def _fresh_rule(client: httpx.AsyncClient, w: World) -> str:
+    return str((await created(client, f"{API}/rules", w.own.headers, new_rule(w)))["id"])
+
+
 async def _fresh_bound_device(client: httpx.AsyncClient, w: World) -> str:
     device = await _fresh_device(client, w)
     await bind(client, w.own.headers, device, w.dead_port)
@@ -722,6 +815,7 @@ FRESH: dict[str, Callable[[httpx.AsyncClient, World], Awaitable[str]]] = {
     "token": _fresh_token,
     "credential": _fresh_credential,
     "bound_device": _fresh_bound_device,
+    "rule": _fresh_rule,
 }
 
 
@@ -755,7 +849,9 @@ async def own(c: Call) -> None:
     elif c.route.transport == "http" and outcome.status != 204:
         assert outcome.headers["content-type"].startswith("application/json")
         if c.method == "GET" and c.template.endswith("}"):
-            assert outcome.json()["id"] == values[list(values)[-1]]
+            body = outcome.json()
+            # A resource answers with its id; a rule version with its version number.
+            assert str(body.get("id", body.get("version"))) == values[list(values)[-1]]
         elif values.get("device_id") and "device_id" in outcome.json():
             assert outcome.json()["device_id"] == values["device_id"]
 

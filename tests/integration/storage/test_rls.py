@@ -109,6 +109,32 @@ def rows_of(tenant: str, tag: str) -> dict[str, dict[str, Any]]:
             "revoked_at": None,
             "last_used_at": None,
         },
+        "alarms": {
+            "tenant_id": tenant,
+            "id": f"alm_{tag}",
+            "rule_id": "rul_1",
+            "device_id": "dev-1",
+            "alarm_type": f"too-warm-{tag}",  # one active alarm per rule, device and type
+            "severity": "major",
+            "message": "",
+            "raise_count": 1,
+            "raised_at": NOW,
+            "last_raised_at": NOW,
+            "acknowledged_at": None,
+            "acknowledged_by": None,
+            "cleared_at": None,
+            "cleared_by": None,
+            "updated_at": NOW,
+        },
+        "alarm_events": {  # the id is a sequence
+            "tenant_id": tenant,
+            "alarm_id": "alm_1",
+            "kind": "raised",
+            "at": NOW,
+            "actor": None,
+            "severity": "major",
+            "message": "",
+        },
     }
 
 
@@ -123,6 +149,8 @@ MUTABLE_COLUMN = {
     "dead_letters": "detail",
     "users": "display_name",
     "api_tokens": "name",
+    "alarms": "message",
+    "alarm_events": "message",
 }
 
 
