@@ -135,6 +135,46 @@ def rows_of(tenant: str, tag: str) -> dict[str, dict[str, Any]]:
             "severity": "major",
             "message": "",
         },
+        "rules": {
+            "tenant_id": tenant,
+            "id": f"rul_{tag}",
+            "name": "Freezer too warm",
+            "enabled": True,
+            "latest_version": 1,
+            "published_version": None,
+            "invalid_reason": None,
+            "last_fired_at": None,
+            "created_at": NOW,
+            "updated_at": NOW,
+        },
+        "rule_versions": {
+            "tenant_id": tenant,
+            "rule_id": "rul_1",
+            "version": int(tag) + 10 if tag.isdigit() else 10,
+            "document": '{"name": "x"}',
+            "author": "usr_1",
+            "comment": "",
+            "created_at": NOW,
+        },
+        "rule_state": {
+            "tenant_id": tenant,
+            "rule_id": "rul_1",
+            "device_id": f"dev-{tag}",
+            "state": "{}",
+            "wake_at": None,
+            "updated_at": NOW,
+        },
+        "rule_traces": {  # the id is a sequence
+            "tenant_id": tenant,
+            "rule_id": "rul_1",
+            "rule_version": 1,
+            "device_id": "dev-1",
+            "at": NOW,
+            "event": "reading",
+            "outcome": "false",
+            "steps": "[]",
+            "actions": "[]",
+        },
     }
 
 
@@ -151,6 +191,10 @@ MUTABLE_COLUMN = {
     "api_tokens": "name",
     "alarms": "message",
     "alarm_events": "message",
+    "rules": "name",
+    "rule_versions": "comment",
+    "rule_state": "device_id",
+    "rule_traces": "outcome",
 }
 
 
