@@ -39,6 +39,10 @@ _FORBIDDEN = (
 )
 
 
+class ExpressionRuntimeError(Exception):
+    """An expression failed for particular values (division by zero, overflow, a type surprise)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledExpression:
     """A parsed, type-checked boolean expression and the metrics it reads."""
@@ -53,7 +57,10 @@ class CompiledExpression:
             k: (Decimal(str(v)) if isinstance(v, int | float) and not isinstance(v, bool) else v)
             for k, v in values.items()
         }
-        return bool(self.rule.evaluate(data))
+        try:
+            return bool(self.rule.evaluate(data))
+        except (rule_errors.EngineError, ArithmeticError, TypeError, ValueError) as exc:
+            raise ExpressionRuntimeError(str(getattr(exc, "message", exc))) from exc
 
 
 def compile_expression(text: str, catalogue: Mapping[str, MetricSpec], path: str) -> CompiledExpression:

@@ -36,6 +36,7 @@ from storage.tenancy import TenantRepository
 logger = logging.getLogger(__name__)
 
 TRACES_PER_RULE = 1000
+PRUNE_EVERY = 100  # evaluations of a rule between two prunes of its traces
 
 
 class AlarmPort(Protocol):
@@ -85,6 +86,9 @@ class RuleEngine:
         self._zones: dict[str, ZoneInfo] = {}
         self._timer_wakeup = asyncio.Event()
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        # The one pending wake time per (tenant, rule, device); heap entries that differ are stale.
+        self._scheduled: dict[tuple[str, str, str], datetime] = {}
+        self._evaluations: dict[tuple[str, str], int] = {}
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -99,7 +103,7 @@ class RuleEngine:
             for rule, version in published:
                 await self._install(tenant.id, rule.id, version.version, version.document)
         for timer in await all_timers(self.database):
-            heapq.heappush(self._timers, (timer.wake_at, timer.tenant_id, timer.rule_id, timer.device_id))
+            self._schedule(timer.tenant_id, timer.rule_id, timer.device_id, timer.wake_at)
         self._timer_wakeup.set()
         logger.info(
             "rule engine: %d rule(s) indexed, %d timer(s) pending", len(self.index), len(self._timers)
@@ -165,6 +169,9 @@ class RuleEngine:
         decisions = []
         while self._timers and self._timers[0][0] <= now:
             wake_at, tenant_id, rule_id, device_id = heapq.heappop(self._timers)
+            if self._scheduled.get((tenant_id, rule_id, device_id)) != wake_at:
+                continue  # superseded by a later schedule for the same key
+            del self._scheduled[(tenant_id, rule_id, device_id)]
             rule = self.index.get(tenant_id, rule_id)
             if rule is None:
                 continue
@@ -237,12 +244,21 @@ class RuleEngine:
         async with self.database.tenant(event.tenant_id) as scope:
             traces = TraceRepository(scope)
             await traces.add(decision, outcomes)
-            if decision.fired or decision.cleared:
+            count = self._evaluations.get((event.tenant_id, rule.rule_id), 0) + 1
+            self._evaluations[(event.tenant_id, rule.rule_id)] = count
+            if count % PRUNE_EVERY == 0:
                 await traces.prune(rule.rule_id, TRACES_PER_RULE)
         if decision.wake_at is not None:
-            heapq.heappush(self._timers, (decision.wake_at, event.tenant_id, rule.rule_id, device.id))
-            self._timer_wakeup.set()
+            self._schedule(event.tenant_id, rule.rule_id, device.id, decision.wake_at)
         return decision
+
+    def _schedule(self, tenant_id: str, rule_id: str, device_id: str, wake_at: datetime) -> None:
+        key = (tenant_id, rule_id, device_id)
+        if self._scheduled.get(key) == wake_at:
+            return  # already pending: one timer per key, not one per reading
+        self._scheduled[key] = wake_at
+        heapq.heappush(self._timers, (wake_at, tenant_id, rule_id, device_id))
+        self._timer_wakeup.set()
 
     async def _run(self, call: ActionCall, rule: CompiledRule, decision: Decision) -> dict[str, Any]:
         """Execute one action; its outcome goes into the trace, a failure never stops the rest."""

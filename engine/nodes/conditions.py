@@ -10,7 +10,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, model_validator
 
 from engine.evaluation import EvalContext
-from engine.expressions import CompiledExpression, compile_expression
+from engine.expressions import CompiledExpression, ExpressionRuntimeError, compile_expression
 from engine.nodes.base import CompileContext, Condition, Options
 from engine.nodes.triggers import MetricName
 from engine.registry import REGISTRY, NodeKind
@@ -115,7 +115,12 @@ class ExpressionCondition(Condition):
         missing = [m for m, v in inputs.items() if v is None]
         if missing:
             return None, f"no value yet for {', '.join(missing)}", inputs
-        result = self.compiled.evaluate(inputs)
+        try:
+            result = self.compiled.evaluate(inputs)
+        except ExpressionRuntimeError as exc:
+            # Data-dependent (a division by zero for these values): undecided for this event,
+            # explained in the trace; the rule keeps running for every other device and event.
+            return None, f"{self.options.expression} could not be evaluated: {exc}", inputs
         return result, f"{self.options.expression} is {str(result).lower()}", inputs
 
 

@@ -180,7 +180,7 @@ async def test_restart_resumes_a_pending_duration_and_fires_exactly_once(
 ) -> None:
     application = create_app(load_settings(data_dir=tmp_path), database)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://t") as http:
-        t, rule_id = await _setup(http, tenants)
+        t, _rule_id = await _setup(http, tenants)
     await application.state.runtime.telemetry.close()
     source = Source("test", "restart")
 
@@ -207,3 +207,19 @@ async def test_restart_resumes_a_pending_duration_and_fires_exactly_once(
     assert not any(d.fired for decisions in later for d in decisions)
     alarms = await AlarmService(database).list(t.id)
     assert len(alarms.items if hasattr(alarms, "items") else alarms) == 1
+
+
+async def test_one_timer_per_device_however_many_readings(
+    database: Database, tenants: TenantFactory, tmp_path: Path
+) -> None:
+    application = create_app(load_settings(data_dir=tmp_path), database)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://t") as http:
+        t, _rule_id = await _setup(http, tenants)
+    await application.state.runtime.telemetry.close()
+    engine = RuleEngine(database, RegistryCatalogue(database), alarms=AlarmService(database))
+    await engine.load()
+    source = Source("test", "timers")
+    for i in range(12):
+        await engine.on_reading(Reading(t.id, "fz-1", T0 + timedelta(seconds=10 * i), {"temp": -5.0}, source))
+    due = await engine.fire_due_timers(T0 + timedelta(seconds=300))
+    assert len(due) == 1 and due[0].fired

@@ -175,3 +175,11 @@ def test_groups_use_three_valued_logic() -> None:
     assert d.reading(T0, temp=-5).result is None  # type: ignore[union-attr]  false or undecided
     assert d.reading(T0, temp=5).result is True  # type: ignore[union-attr]
     assert d.reading(T0, temp=-5, door_open=False).result is True  # type: ignore[union-attr]
+
+
+def test_an_expression_failing_for_some_values_is_undecided_not_fatal() -> None:
+    d = _when({"type": "expression", "options": {"expression": "10 / temp > 1"}})
+    decision = d.reading(T0, temp=0.0)
+    assert decision is not None and decision.result is None
+    assert "could not be evaluated" in next(s.detail for s in decision.steps if s.path == "if/0")
+    assert d.reading(T0, temp=5.0).result is True  # type: ignore[union-attr]
