@@ -345,7 +345,9 @@ async def seed(
     versions = 3 if prefix == "iso-foreign" else 1
     for base in range(1, versions):
         saved = await client.put(
-            f"{API}/rules/{rule}", json={"document": rule_document(tid, type_id), "base_version": base}, headers=headers
+            f"{API}/rules/{rule}",
+            json={"document": rule_document(tid, type_id), "base_version": base},
+            headers=headers,
         )
         assert saved.status_code == 200, saved.text
     user_body = {"email": f"user@{tid}.example.com", "password": PASSWORD}
