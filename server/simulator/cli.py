@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import signal
 import time
@@ -214,6 +215,41 @@ def simulate(
             help="coap://host:port of the platform; without it battery sensors send over HTTP.",
         ),
     ] = None,
+    modbus_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve the power meters over Modbus TCP on this port (unit id = store number) and "
+            "bind them so that the platform polls them; without it they send over HTTP.",
+            show_default=False,
+        ),
+    ] = None,
+    opcua_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve the plant's PLC (line1-plc, --scenario plant) over OPC-UA on this port and "
+            "bind it so that the platform subscribes; without it the PLC sends over HTTP.",
+            show_default=False,
+        ),
+    ] = None,
+    bind_host: Annotated[
+        str,
+        typer.Option(help="Host the platform connects to for the Modbus and OPC-UA servers (bindings)."),
+    ] = "127.0.0.1",
+    listen_host: Annotated[
+        str,
+        typer.Option(help="Address the Modbus and OPC-UA servers listen on (0.0.0.0: every interface)."),
+    ] = "127.0.0.1",
+    unbind_on_exit: Annotated[
+        bool,
+        typer.Option(
+            "--unbind-on-exit",
+            help="Remove the bindings made for --modbus-port/--opcua-port on exit (default: leave them).",
+        ),
+    ] = False,
     scenario: Annotated[
         Scenario, typer.Option(help="retail: the acme-retail stores; plant: the globex-plant line.")
     ] = Scenario.RETAIL,
@@ -260,9 +296,11 @@ def simulate(
 ) -> None:
     """Simulate the fleet of SCENARIOS.md (or N generic freezers) sending telemetry.
 
-    Freezers publish over MQTT with --mqtt, battery sensors post over CoAP with --coap; everything
-    else (and those without a broker) goes to POST /api/v1/ingest with device credentials, which
-    are issued once and cached in the data dir. Missing device types and devices are created.
+    Freezers publish over MQTT with --mqtt, battery sensors post over CoAP with --coap; power
+    meters are served over Modbus TCP with --modbus-port and the plant's PLC over OPC-UA with
+    --opcua-port (the platform polls them through bindings made here); everything else (and those
+    without these options) goes to POST /api/v1/ingest with device credentials, which are issued
+    once and cached in the data dir. Missing device types and devices are created.
     Stops on Ctrl-C or after --duration; exits 1 if nothing could be sent.
     """
     from server.simulator.runner import Session, SimOptions, SimulationError
@@ -298,12 +336,22 @@ def simulate(
         data_dir=data_dir,
         rate=rate,
         concurrency=concurrency,
+        modbus_port=modbus_port,
+        opcua_port=opcua_port,
+        listen_host=listen_host,
+        bind_host=bind_host,
+        unbind_on_exit=unbind_on_exit,
     )
     if speed > 1 and seconds is None:
         raise typer.BadParameter(
             "--speed above 1 needs --duration: the simulated window is placed in the past to end now",
             param_hint="--speed",
         )
+    if modbus_port is not None or opcua_port is not None:
+        # The servers run in this process: keep the libraries' chatter (e.g. asyncua's notes on
+        # unencrypted endpoints) out of the display; real problems surface as errors.
+        for library in ("asyncua", "pymodbus"):
+            logging.getLogger(library).setLevel(logging.ERROR)
     try:
         session = Session(options, on_note=lambda text: console.print(text, highlight=False))
     except SimulationError as exc:

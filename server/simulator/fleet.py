@@ -11,8 +11,8 @@ demo without creating anything:
 - the ``plant`` scenario instead plays the PLC of ``globex-plant`` (device ``line1-plc``).
 
 A device's ``protocol`` is how the real device talks; the runner decides how the simulator
-actually delivers it (e.g. over HTTP when no broker is given, or for Modbus, which the platform
-polls and the simulator cannot be polled).
+actually delivers it (e.g. over HTTP when no broker is given, or when no Modbus or OPC-UA port is
+given for the devices the platform polls; with one, the simulator serves them).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ has them all, so nothing is created there). ``CredentialStore`` issues device cr
 ``POST /api/v1/devices/{id}/credentials`` for the devices that send over HTTP or CoAP and keeps
 them in ``<data dir>/simulator-credentials.json`` (mode 0600, per API URL and tenant), so a rerun
 reuses them instead of issuing new ones; a credential the platform refuses is replaced once.
+``ensure_binding`` points the platform's Modbus or OPC-UA connector at a device the simulator
+serves (``PUT /api/v1/devices/{id}/binding``), ``remove_binding`` undoes it.
 """
 
 from __future__ import annotations
@@ -278,3 +280,57 @@ class CredentialStore:
             self._tokens[device_id] = await self._issue(device_id)
             self._save()
             return self._tokens[device_id]
+
+
+# --- bindings (devices the platform polls or subscribes to) ---------------------------------------
+
+
+def _covers(stored: Any, wanted: Any) -> bool:
+    """True if ``stored`` has every field of ``wanted`` with the same value (defaults aside)."""
+    if isinstance(wanted, dict):
+        return isinstance(stored, dict) and all(
+            key in stored and _covers(stored[key], value) for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(stored, list)
+            and len(stored) == len(wanted)
+            and all(_covers(a, b) for a, b in zip(stored, wanted, strict=True))
+        )
+    return bool(stored == wanted)
+
+
+async def ensure_binding(api: httpx.AsyncClient, device_id: str, kind: str, config: dict[str, Any]) -> bool:
+    """Bind ``device_id`` to the ``kind`` connector with ``config``; False if it already was.
+
+    An identical binding is left alone, so a rerun does not make the platform rebuild its
+    connector for nothing; any other binding of the device is replaced.
+    """
+    url = f"{API}/devices/{device_id}/binding"
+    r = await _request(api, "GET", url, f"reading the binding of {device_id}")
+    if r.status_code == 200:
+        body = r.json()
+        if isinstance(body, dict) and body.get("kind") == kind and _covers(body.get("config"), config):
+            return False
+    elif r.status_code != 404:
+        raise _refused(r, f"reading the binding of {device_id}")
+    r = await _request(api, "PUT", url, f"binding {device_id}", json={"kind": kind, "config": config})
+    if r.status_code == 404:
+        raise ProvisioningError(
+            f"binding {device_id}: HTTP 404: {_detail(r)} (the device is missing, or the platform "
+            "has no device bindings API)"
+        )
+    if r.status_code != 200:
+        raise _refused(r, f"binding {device_id} ({kind})")
+    return True
+
+
+async def remove_binding(api: httpx.AsyncClient, device_id: str) -> bool:
+    """Unbind ``device_id`` (the platform stops polling it); False if it had no binding."""
+    url = f"{API}/devices/{device_id}/binding"
+    r = await _request(api, "DELETE", url, f"unbinding {device_id}")
+    if r.status_code == 404:
+        return False
+    if r.status_code != 204:
+        raise _refused(r, f"unbinding {device_id}")
+    return True

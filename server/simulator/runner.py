@@ -11,6 +11,13 @@ samples due since its last message; when the senders fall behind (a slow platfor
 ``speed``), samples pile up and leave as one batch per device, so the run catches up instead of
 drifting. At most ``concurrency`` messages are in flight, and each device has at most one, so a
 device's readings arrive in order.
+
+Devices the platform polls or subscribes to can be *served* instead of sent: with a Modbus port the
+power meters are units of a Modbus TCP server, with an OPC-UA port the plant's PLC is an OPC-UA
+server, both running as asyncio tasks of this process for the live run, and the session binds each
+served device through the API (``PUT /api/v1/devices/{id}/binding``) so that the platform polls it.
+Served values follow the wall clock, whatever the speed: the platform stamps what it polls with its
+own clock.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import heapq
+import ipaddress
 import logging
 import math
 import time
@@ -26,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -42,18 +51,31 @@ from server.simulator.drivers import (
     encode_batches,
 )
 from server.simulator.fleet import DeviceProtocol, Fleet, FleetError, Scenario, SimDevice, build_fleet
+from server.simulator.modbus_server import (
+    MAX_UNITS,
+    ModbusServeError,
+    PowerMeterServer,
+    meter_binding,
+)
+from server.simulator.opcua_server import OpcUaServeError, PlcServer, endpoint_url, plc_binding
 from server.simulator.provision import (
     CREDENTIALS_FILE,
     CredentialStore,
     ProvisioningError,
     api_client,
+    ensure_binding,
     ensure_fleet,
+    remove_binding,
     tenant_of,
 )
 
 logger = logging.getLogger(__name__)
 
 BACKFILL_ROUTE = "backfill"
+MODBUS_ROUTE = "modbus"
+OPCUA_ROUTE = "opcua"
+# Routes whose devices need a device credential (sending over MQTT needs none).
+CREDENTIAL_ROUTES = frozenset({"http", "coap"})
 MAX_CONSECUTIVE_BACKFILL_ERRORS = 20
 STOP_GRACE_S = 10.0
 
@@ -67,7 +89,11 @@ class SimulationError(Exception):
 
 @dataclass
 class RouteStats:
-    """Counters of one delivery route (mqtt, http, coap, backfill)."""
+    """Counters of one delivery route (mqtt, http, coap, backfill; modbus, opcua when served).
+
+    For a served route a message is a read the server answered (modbus) or an update of the
+    server's values (opcua).
+    """
 
     devices: int = 0
     messages: int = 0
@@ -379,15 +405,34 @@ class SimOptions:
     rate: float | None = None
     concurrency: int = 32
     provision: bool = True
+    modbus_port: int | None = None
+    opcua_port: int | None = None
+    listen_host: str = "127.0.0.1"
+    bind_host: str = "127.0.0.1"
+    unbind_on_exit: bool = False
+    server_update_s: float = 1.0
 
 
-def route_for(device: SimDevice, *, mqtt: bool, coap: bool) -> str:
+def route_for(device: SimDevice, *, mqtt: bool, coap: bool, modbus: bool = False, opcua: bool = False) -> str:
     """How the simulator delivers a device: its own protocol when possible, else HTTP."""
     if device.protocol is DeviceProtocol.MQTT and mqtt:
         return "mqtt"
     if device.protocol is DeviceProtocol.COAP and coap:
         return "coap"
+    if device.protocol is DeviceProtocol.MODBUS and modbus:
+        return MODBUS_ROUTE
+    if device.protocol is DeviceProtocol.OPCUA and opcua:
+        return OPCUA_ROUTE
     return "http"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Session:
@@ -407,6 +452,19 @@ class Session:
             raise SimulationError("--duration cannot be negative")
         if options.duration == 0 and not options.backfill:
             raise SimulationError("nothing to do: --duration 0 without --backfill")
+        for name, port in (("--modbus-port", options.modbus_port), ("--opcua-port", options.opcua_port)):
+            if port is not None and not 1 <= port <= 65535:
+                raise SimulationError(f"{name} must be between 1 and 65535")
+        if options.modbus_port is not None and options.modbus_port == options.opcua_port:
+            raise SimulationError("--modbus-port and --opcua-port must differ")
+        if (
+            options.modbus_port is not None
+            and options.scenario is Scenario.RETAIL
+            and options.stores > MAX_UNITS
+        ):
+            raise SimulationError(
+                f"--modbus-port serves at most {MAX_UNITS} stores (one Modbus unit id per power meter)"
+            )
         self.options = options
         self.stats = Stats()
         self.wall_clock = wall_clock
@@ -443,7 +501,21 @@ class Session:
             )
         except FleetError as exc:
             raise SimulationError(str(exc)) from exc
-        self.routes = {d.id: route_for(d, mqtt=bool(o.mqtt), coap=bool(o.coap)) for d in fleet.devices}
+        self.routes = {
+            d.id: route_for(
+                d,
+                mqtt=bool(o.mqtt),
+                coap=bool(o.coap),
+                modbus=o.modbus_port is not None,
+                opcua=o.opcua_port is not None,
+            )
+            for d in fleet.devices
+        }
+        protocols = fleet.by_protocol()
+        if o.modbus_port is not None and not protocols[DeviceProtocol.MODBUS]:
+            self.note("--modbus-port: this fleet has no power meters, nothing to serve over Modbus")
+        if o.opcua_port is not None and not protocols[DeviceProtocol.OPCUA]:
+            self.note("--opcua-port: this fleet has no PLC (use --scenario plant), nothing to serve")
         if o.duration != 0:
             for route in self.routes.values():
                 self.stats.route(route).devices += 1
@@ -473,7 +545,7 @@ class Session:
                 for warning in report.warnings:
                     self.note(f"warning: {warning}")
             credentials = CredentialStore(o.data_dir / CREDENTIALS_FILE, api, self.tenant)
-            needing = [d.id for d in fleet.devices if o.backfill or self.routes[d.id] != "mqtt"]
+            needing = [d.id for d in fleet.devices if o.backfill or self.routes[d.id] in CREDENTIAL_ROUTES]
             if needing:
                 self._phase("credentials")
                 issued = await credentials.ensure(needing)
@@ -482,12 +554,14 @@ class Session:
                     f"({credentials.path})"
                 )
             drivers = self._drivers(credentials)
+            served = contextlib.AsyncExitStack()
             try:
                 for driver in drivers.values():
                     try:
                         await driver.start()
                     except SendError as exc:
                         raise SimulationError(str(exc)) from exc
+                await self._serve(api, fleet, served)
                 if o.backfill and not stop.is_set():
                     self._phase("backfill")
                     self.note(f"backfill: {o.backfill / 3600:g} h of history before the live run, over HTTP")
@@ -512,9 +586,10 @@ class Session:
                     clock_start = self.t0 if o.speed > 1 else max(self.t0, self.wall_clock())
                     self.clock = SimClock(clock_start, o.speed)
                     self.end = None if o.duration is None else clock_start + o.duration * o.speed
-                    routes = {d.id: drivers[self.routes[d.id]] for d in fleet.devices}
+                    sent = Fleet([d for d in fleet.devices if self.routes[d.id] in drivers], fleet.types)
+                    routes = {d.id: drivers[self.routes[d.id]] for d in sent.devices}
                     simulation = Simulation(
-                        fleet,
+                        sent,
                         routes,
                         self.stats,
                         self.clock,
@@ -525,10 +600,102 @@ class Session:
                     await simulation.run(stop)
             finally:
                 self._phase("stopping")
+                try:
+                    await served.aclose()  # unbinds first (if asked), then stops the servers
+                except Exception:  # stopping must go on: the drivers still need closing
+                    logger.exception("stopping the simulated servers failed")
                 for driver in drivers.values():
                     with contextlib.suppress(Exception):
                         await driver.close()
         return self.stats
+
+    def _served(self, fleet: Fleet, route: str) -> list[SimDevice]:
+        if self.options.duration == 0:
+            return []
+        return [d for d in fleet.devices if self.routes[d.id] == route]
+
+    async def _serve(self, api: httpx.AsyncClient, fleet: Fleet, stack: contextlib.AsyncExitStack) -> None:
+        """Start the Modbus and OPC-UA servers of the served devices and bind those devices."""
+        o = self.options
+        meters = self._served(fleet, MODBUS_ROUTE)
+        plcs = self._served(fleet, OPCUA_ROUTE)
+        if not meters and not plcs:
+            return
+        if len(plcs) > 1:
+            raise SimulationError(f"--opcua-port serves one PLC, this fleet has {len(plcs)}")
+        self._phase("serving")
+        if o.bind_host != o.listen_host and _is_loopback(o.listen_host) and not _is_loopback(o.bind_host):
+            self.note(
+                f"warning: the servers listen on {o.listen_host} only, so a platform connecting to "
+                f"--bind-host {o.bind_host} cannot reach them (give --listen-host 0.0.0.0)"
+            )
+        bindings: list[tuple[str, str, dict[str, Any]]] = []
+        if meters:
+            assert o.modbus_port is not None
+            meter_server = PowerMeterServer(
+                meters,
+                host=o.listen_host,
+                port=o.modbus_port,
+                clock=self.wall_clock,
+                update_s=o.server_update_s,
+                on_read=lambda _device, readings: self.stats.sent(MODBUS_ROUTE, readings),
+                on_silent=self._silent,
+            )
+            try:
+                await meter_server.start()
+            except ModbusServeError as exc:
+                raise SimulationError(str(exc)) from exc
+            stack.push_async_callback(meter_server.close)
+            for meter in meters:
+                config = meter_binding(
+                    o.bind_host, o.modbus_port, meter_server.units[meter.id], poll_interval_s=meter.interval_s
+                )
+                bindings.append((meter.id, "modbus", config))
+            self.note(
+                f"serving {len(meters)} power meter(s) over Modbus TCP on {o.listen_host}:{o.modbus_port} "
+                f"(unit id = store number)"
+            )
+        for plc in plcs:
+            assert o.opcua_port is not None
+            plc_server = PlcServer(
+                host=o.listen_host,
+                port=o.opcua_port,
+                signal=plc.signal,
+                dropouts=plc.dropouts,
+                clock=self.wall_clock,
+                update_s=o.server_update_s,
+                on_update=lambda readings: self.stats.sent(OPCUA_ROUTE, readings),
+                on_silent=self._silent,
+            )
+            try:
+                await plc_server.start()
+            except OpcUaServeError as exc:
+                raise SimulationError(str(exc)) from exc
+            stack.push_async_callback(plc_server.close)
+            bindings.append((plc.id, "opcua", plc_binding(endpoint_url(o.bind_host, o.opcua_port))))
+            self.note(f"serving {plc.id} over OPC-UA at {plc_server.url}")
+        if o.unbind_on_exit:
+            stack.push_async_callback(self._unbind, api, [device_id for device_id, _, _ in bindings])
+        self._phase("binding")
+        changed = 0
+        for device_id, kind, config in bindings:
+            changed += await ensure_binding(api, device_id, kind, config)
+        self.note(
+            f"bindings for {o.bind_host}: {changed} created or refreshed, {len(bindings) - changed} unchanged"
+            + ("; removed on exit" if o.unbind_on_exit else "; left in place on exit")
+        )
+
+    def _silent(self, *_: object) -> None:
+        self.stats.silent += 1
+
+    async def _unbind(self, api: httpx.AsyncClient, device_ids: list[str]) -> None:
+        removed = 0
+        for device_id in device_ids:
+            try:
+                removed += await remove_binding(api, device_id)
+            except ProvisioningError as exc:
+                self.note(f"warning: {exc}")
+        self.note(f"bindings removed: {removed}")
 
     def _drivers(self, credentials: CredentialStore) -> dict[str, Driver]:
         o = self.options

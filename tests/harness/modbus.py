@@ -1,122 +1,52 @@
 """A private Modbus TCP server (pymodbus simulator) in its own process, on a free loopback port.
 
-The server runs as ``python -m tests.harness.modbus --host H --port N --spec-file spec.json`` in a
-child process (a ManagedProcess), so a test can SIGKILL it, freeze it or restart it on the same
-port, exactly like a device that crashes, hangs or reboots. ``start_modbus_server`` starts it and
-waits until the port accepts connections.
+The server itself is product code, ``server/simulator/modbus_server.py``: it runs as
+``python -m server.simulator.modbus_server --host H --port N --spec-file spec.json`` in a child
+process (a ManagedProcess), so a test can SIGKILL it, freeze it or restart it on the same port,
+exactly like a device that crashes, hangs or reboots. ``start_modbus_server`` starts it and waits
+until the port accepts connections.
 
-The spec (JSON, built with the dataclasses below) lists the units (Modbus device ids) and, per
-unit, four separate tables, as most real devices have them:
-
-    {"units": [{"unit_id": 1,
-                "holding":  [{"address": 0, "datatype": "float32", "values": [230.5]},
-                             {"address": 2, "datatype": "registers", "values": [32768, 17254]}],
-                "input":    [{"address": 0, "datatype": "int16", "values": [-5]}],
-                "coils":    [{"address": 0, "values": [true, false, true]}],
-                "discrete": []}]}
-
-``datatype`` is one of pymodbus's simulator types (int16, uint16, int32, uint32, float32, float64,
-registers = raw 16-bit words); typed values are stored big-endian (big word and byte order, the
-Modbus convention); any other layout is given as raw ``registers``. Reading an address that no
-block defines gives exception code 2 (illegal data address), as does a read that runs past the end
-of a block. Coils and discrete inputs are packed 16 to a register by pymodbus, so the unused bits of
-a register that holds a defined bit read as False instead of failing. A unit id that is not in the
-spec gets exception code 4.
+The spec types (:class:`ModbusSpec`, :class:`UnitSpec`, :class:`RegisterBlock`, :class:`BitBlock`)
+come from that module; its docstring says what a spec serves and how undefined addresses answer.
+``python -m tests.harness.modbus`` still runs the server, for the commands in older notes.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from server.simulator.modbus_server import (
+    REGISTER_DATATYPES,
+    BitBlock,
+    ModbusSpec,
+    RegisterBlock,
+    UnitSpec,
+)
 from tests.harness.ports import LOOPBACK, ServerExitedError, free_port, wait_for_port
 from tests.harness.processes import ManagedProcess
+
+__all__ = [
+    "REGISTER_DATATYPES",
+    "BitBlock",
+    "ModbusServer",
+    "ModbusSpec",
+    "RegisterBlock",
+    "UnitSpec",
+    "start_modbus_server",
+]
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVER_MODULE = "server.simulator.modbus_server"
 START_TIMEOUT_S = 20.0
 # A port taken by someone else between free_port() and the bind makes the server exit at once.
 _START_ATTEMPTS = 3
-# pymodbus cannot build a table without any block: an empty bit table gets this unused block.
-_PLACEHOLDER_BIT_ADDRESS = 65520
-
-REGISTER_DATATYPES = ("int16", "uint16", "int32", "uint32", "float32", "float64", "registers")
-
-
-@dataclass(frozen=True)
-class RegisterBlock:
-    """Consecutive values of one type in the holding or input table, from ``address``."""
-
-    address: int
-    datatype: str
-    values: list[int] | list[float]
-
-    def __post_init__(self) -> None:
-        if self.datatype not in REGISTER_DATATYPES:
-            raise ValueError(f"datatype must be one of {REGISTER_DATATYPES}, not {self.datatype!r}")
-        if not self.values:
-            raise ValueError("a block needs at least one value")
-
-
-@dataclass(frozen=True)
-class BitBlock:
-    """Consecutive coils or discrete inputs from ``address``."""
-
-    address: int
-    values: list[bool]
-
-    def __post_init__(self) -> None:
-        if not self.values:
-            raise ValueError("a block needs at least one value")
-
-
-@dataclass(frozen=True)
-class UnitSpec:
-    """The four tables of one Modbus unit (device id)."""
-
-    unit_id: int = 1
-    holding: list[RegisterBlock] = field(default_factory=list)
-    input: list[RegisterBlock] = field(default_factory=list)
-    coils: list[BitBlock] = field(default_factory=list)
-    discrete: list[BitBlock] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ModbusSpec:
-    """Everything the server serves."""
-
-    units: list[UnitSpec]
-
-    def to_json(self) -> str:
-        """The spec as the server process reads it."""
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> ModbusSpec:
-        """Parse what to_json() wrote."""
-        data = json.loads(text)
-        units = []
-        for unit in data["units"]:
-            units.append(
-                UnitSpec(
-                    unit_id=int(unit.get("unit_id", 1)),
-                    holding=[RegisterBlock(**block) for block in unit.get("holding", [])],
-                    input=[RegisterBlock(**block) for block in unit.get("input", [])],
-                    coils=[BitBlock(**block) for block in unit.get("coils", [])],
-                    discrete=[BitBlock(**block) for block in unit.get("discrete", [])],
-                )
-            )
-        return cls(units)
 
 
 @dataclass
@@ -175,7 +105,7 @@ def _launch(
     argv = [
         sys.executable,
         "-m",
-        "tests.harness.modbus",
+        SERVER_MODULE,
         "--host",
         host,
         "--port",
@@ -222,75 +152,7 @@ def start_modbus_server(
     raise last_error
 
 
-# --------------------------------------------------------------------------------------------
-# The server process itself (runs in the child; imports pymodbus only there)
-# --------------------------------------------------------------------------------------------
-
-
-def build_devices(spec: ModbusSpec) -> list[Any]:
-    """pymodbus SimDevice objects for the spec (separate coil/discrete/holding/input tables)."""
-    from pymodbus.simulator import DataType, SimData, SimDevice
-
-    types = {
-        "int16": DataType.INT16,
-        "uint16": DataType.UINT16,
-        "int32": DataType.INT32,
-        "uint32": DataType.UINT32,
-        "float32": DataType.FLOAT32,
-        "float64": DataType.FLOAT64,
-        "registers": DataType.REGISTERS,
-    }
-
-    def registers(blocks: Sequence[RegisterBlock]) -> list[Any]:
-        if not blocks:  # pymodbus needs one block per table: an invalid one keeps every address undefined
-            return [SimData(address=0, datatype=DataType.INVALID)]
-        out = []
-        for block in blocks:
-            is_float = block.datatype.startswith("float")
-            values = [float(v) for v in block.values] if is_float else [int(v) for v in block.values]
-            out.append(SimData(address=block.address, values=values, datatype=types[block.datatype]))
-        return out
-
-    def bits(blocks: Sequence[BitBlock]) -> list[Any]:
-        if not blocks:
-            return [SimData(address=_PLACEHOLDER_BIT_ADDRESS, values=[False] * 16, datatype=DataType.BITS)]
-        return [
-            SimData(address=block.address, values=[bool(v) for v in block.values], datatype=DataType.BITS)
-            for block in blocks
-        ]
-
-    return [
-        SimDevice(
-            id=unit.unit_id,
-            simdata=(bits(unit.coils), bits(unit.discrete), registers(unit.holding), registers(unit.input)),
-        )
-        for unit in spec.units
-    ]
-
-
-async def serve(host: str, port: int, spec: ModbusSpec) -> None:
-    """Serve ``spec`` on host:port until the process is killed."""
-    from pymodbus.server import ModbusTcpServer
-
-    server = ModbusTcpServer(build_devices(spec), address=(host, port))
-    await server.serve_forever()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the server process."""
-    parser = argparse.ArgumentParser(description="Private pymodbus simulator server for tests")
-    parser.add_argument("--host", default=LOOPBACK)
-    parser.add_argument("--port", type=int, required=True)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--spec", help="the spec as a JSON string")
-    source.add_argument("--spec-file", type=Path, help="a file holding the spec as JSON")
-    args = parser.parse_args(argv)
-    text = args.spec if args.spec is not None else args.spec_file.read_text()
-    spec = ModbusSpec.from_json(text)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logger.info("serving %d unit(s) on %s:%d", len(spec.units), args.host, args.port)
-    asyncio.run(serve(args.host, args.port, spec))
-
-
 if __name__ == "__main__":
+    from server.simulator.modbus_server import main
+
     main()

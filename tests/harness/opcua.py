@@ -1,37 +1,26 @@
 """A private OPC-UA server (a fake PLC) in its own process on a free loopback port.
 
-The server is an asyncua ``Server`` started as a child process, so that a test can SIGKILL,
-SIGSTOP or restart it by PID exactly like the other private servers::
+The server itself is product code, ``server/simulator/opcua_server.py`` (an asyncua ``Server``);
+it runs as a child process, so that a test can SIGKILL, SIGSTOP or restart it by PID exactly like
+the other private servers::
 
-    python -m tests.harness.opcua --port 4840 [--host 127.0.0.1] [--simulate 1.0]
+    python -m server.simulator.opcua_server --port 4840 [--host 127.0.0.1] [--simulate 1.0]
 
 It registers the namespace ``urn:flatgigs:test-plc`` (look its index up by URI, never assume 2)
-and exposes the globex-plant production line of docs/SCENARIOS.md under ``Objects/Line1``:
-
-=====================  ==========  ==========================================
-node (``s=`` id)       type        meaning
-=====================  ==========  ==========================================
-``Line1/Speed``        Double      line speed, m/s
-``Line1/Temperature``  Double      oven temperature, °C
-``Line1/State``        String      ``idle`` / ``running`` / ``stopped`` / ...
-``Line1/PartsMade``    UInt32      parts counter
-``Line1/Running``      Boolean     motor on
-=====================  ==========  ==========================================
+and exposes the globex-plant production line of docs/SCENARIOS.md under ``Objects/Line1``
+(``Speed``, ``Temperature``, ``State``, ``PartsMade``, ``Running``; see that module).
 
 Every variable is writable: tests drive values deterministically through their own client
 (:class:`PlcWriter`), including the status code and source timestamp of the value. With
-``--simulate SECONDS`` the server also changes the values itself on that period (for the
-simulator and demos). Start-up takes 2-3 s (``Server.init()``), so tests share one server per
-session; a restart keeps the port, so clients can reconnect to the same URL.
+``simulate_s`` the server also changes the values itself on that period (the line's signal).
+Start-up takes 2-3 s (``Server.init()``), so tests share one server per session; a restart keeps
+the port, so clients can reconnect to the same URL. ``python -m tests.harness.opcua`` still runs
+the server, for the commands in older notes.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import logging
-import math
 import os
 import signal
 import sys
@@ -43,36 +32,35 @@ from typing import Any, cast
 
 from asyncua import ua
 from asyncua.client.client import Client
-from asyncua.server.server import Server
 from asyncua.ua.status_codes import StatusCodes
 
+from server.simulator.opcua_server import (
+    ENDPOINT_PATH,
+    NAMESPACE_URI,
+    READY_MARKER,
+    VARIABLES,
+    node_identifier,
+)
 from tests.harness.ports import LOOPBACK, ServerExitedError, free_port, wait_until
 from tests.harness.processes import ManagedProcess
 
+__all__ = [
+    "ENDPOINT_PATH",
+    "NAMESPACE_URI",
+    "READY_MARKER",
+    "VARIABLES",
+    "OpcUaServer",
+    "PlcWriter",
+    "node_identifier",
+    "start_opcua_server",
+]
+
 logger = logging.getLogger(__name__)
 
-NAMESPACE_URI = "urn:flatgigs:test-plc"
-ENDPOINT_PATH = "/flatgigs/plc"
+SERVER_MODULE = "server.simulator.opcua_server"
 START_TIMEOUT_S = 30.0
-READY_MARKER = "flatgigs-opcua-ready"
 _START_ATTEMPTS = 3
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-_OBJECT = "Line1"
-# name under Line1 -> (asyncua VariantType name, initial value).
-VARIABLES: dict[str, tuple[str, Any]] = {
-    "Speed": ("Double", 0.0),
-    "Temperature": ("Double", 20.0),
-    "State": ("String", "idle"),
-    "PartsMade": ("UInt32", 0),
-    "Running": ("Boolean", False),
-}
-
-
-def node_identifier(name: str) -> str:
-    """The string identifier of a Line1 variable, e.g. ``Line1/Speed``."""
-    if name not in VARIABLES:
-        raise KeyError(f"the test PLC has no variable {name!r} (it has {sorted(VARIABLES)})")
-    return f"{_OBJECT}/{name}"
 
 
 # --------------------------------------------------------------------------- parent side
@@ -126,7 +114,7 @@ class OpcUaServer:
 
 
 def _argv(host: str, port: int, simulate_s: float | None) -> list[str]:
-    argv = [sys.executable, "-m", "tests.harness.opcua", "--host", host, "--port", str(port)]
+    argv = [sys.executable, "-m", SERVER_MODULE, "--host", host, "--port", str(port)]
     if simulate_s is not None:
         argv += ["--simulate", str(simulate_s)]
     return argv
@@ -242,70 +230,7 @@ class PlcWriter:
         return await self._client.get_node(self.node_id(name)).read_value()
 
 
-# --------------------------------------------------------------------------- child side
-
-
-async def _serve(host: str, port: int, simulate_s: float | None) -> None:
-    server = Server()
-    await server.init()
-    server.set_endpoint(f"opc.tcp://{host}:{port}{ENDPOINT_PATH}")
-    server.set_server_name("flatgigs test PLC")
-    # Anonymous, no encryption: a private loopback server for tests only.
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-    idx = await server.register_namespace(NAMESPACE_URI)
-    ns = ua.Int16(idx)
-    line = await server.nodes.objects.add_object(
-        ua.NodeId(ua.String(_OBJECT), ns), ua.QualifiedName(_OBJECT, idx)
-    )
-    nodes = {}
-    for name, (type_name, initial) in VARIABLES.items():
-        node = await line.add_variable(
-            ua.NodeId(ua.String(node_identifier(name)), ns),
-            ua.QualifiedName(name, idx),
-            initial,
-            varianttype=getattr(ua.VariantType, type_name),
-        )
-        await node.set_writable()
-        nodes[name] = node
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    async with server:
-        print(f"{READY_MARKER} pid={os.getpid()} port={port} ns={idx}", flush=True)
-        if simulate_s is None:
-            await stop.wait()
-            return
-        tick = 0
-        while not stop.is_set():
-            tick += 1
-            running = (tick // 30) % 4 != 3  # stopped one period in four
-            await nodes["Speed"].write_value(
-                round(1.2 + 0.1 * math.sin(tick / 5), 3) if running else 0.0, ua.VariantType.Double
-            )
-            await nodes["Temperature"].write_value(
-                round(180.0 + 5 * math.sin(tick / 40), 2), ua.VariantType.Double
-            )
-            await nodes["State"].write_value("running" if running else "stopped", ua.VariantType.String)
-            await nodes["Running"].write_value(running, ua.VariantType.Boolean)
-            if running:
-                await nodes["PartsMade"].write_value(tick, ua.VariantType.UInt32)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), simulate_s)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the server process."""
-    parser = argparse.ArgumentParser(description="A private OPC-UA test server (fake PLC).")
-    parser.add_argument("--host", default=LOOPBACK)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--simulate", type=float, default=None, metavar="SECONDS")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve(args.host, args.port, args.simulate))
-
-
 if __name__ == "__main__":
+    from server.simulator.opcua_server import main
+
     main()

@@ -24,6 +24,7 @@ class FakeApi:
     types: dict[str, dict[str, Any]] = field(default_factory=dict)
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     credentials: dict[str, str] = field(default_factory=dict)  # token -> device
+    bindings: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> {"kind", "config"}
     revoked: set[str] = field(default_factory=set)
     ingested: dict[str, list[tuple[float, Metrics]]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
@@ -66,6 +67,8 @@ class FakeApi:
                 return httpx.Response(409, json={"detail": "exists"})
             self.devices[body["id"]] = body
             return httpx.Response(201, json=body)
+        if path.endswith("/binding"):
+            return self._binding(request, path.split("/")[-2])
         if path.endswith("/credentials") and method == "POST":
             device_id = path.split("/")[-2]
             if device_id not in self.devices:
@@ -74,6 +77,24 @@ class FakeApi:
             self.credentials[token] = device_id
             return httpx.Response(201, json={"id": token, "device_id": device_id, "token": token})
         return httpx.Response(404, json={"detail": f"no route {method} {path}"})
+
+    def _binding(self, request: httpx.Request, device_id: str) -> httpx.Response:
+        if device_id not in self.devices:
+            return httpx.Response(404, json={"detail": "no such device"})
+        if request.method == "PUT":
+            body = json.loads(request.content)
+            # The platform stores the validated config: with the defaults filled in.
+            config = (
+                {"max_read_registers": 125, **body["config"]} if body["kind"] == "modbus" else body["config"]
+            )
+            self.bindings[device_id] = {"device_id": device_id, "kind": body["kind"], "config": config}
+            return httpx.Response(200, json=self.bindings[device_id])
+        if device_id not in self.bindings:
+            return httpx.Response(404, json={"detail": "no binding"})
+        if request.method == "DELETE":
+            del self.bindings[device_id]
+            return httpx.Response(204)
+        return httpx.Response(200, json=self.bindings[device_id])
 
     def _ingest(self, request: httpx.Request, token: str) -> httpx.Response:
         device_id = self.credentials.get(token)

@@ -57,6 +57,11 @@ def test_mounted_as_a_command_of_the_main_cli() -> None:
         "--seed",
         "--fail",
         "--backfill",
+        "--modbus-port",
+        "--opcua-port",
+        "--bind-host",
+        "--listen-host",
+        "--unbind-on-exit",
     ):
         assert option in result.output
 
@@ -73,6 +78,16 @@ def test_bad_options_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "needs --duration" in result.output
     result = runner.invoke(cli.app, ["--token", "fg.t.k.s", "--duration", "0"], env=env)
     assert result.exit_code == 2 and "nothing to do" in result.output
+    result = runner.invoke(
+        cli.app, ["--token", "fg.t.k.s", "--modbus-port", "5020", "--opcua-port", "5020"], env=env
+    )
+    assert result.exit_code == 2 and "must differ" in result.output
+    result = runner.invoke(
+        cli.app, ["--token", "fg.t.k.s", "--modbus-port", "5020", "--stores", "248"], env=env
+    )
+    assert result.exit_code == 2 and "at most 247 stores" in result.output
+    result = runner.invoke(cli.app, ["--token", "fg.t.k.s", "--opcua-port", "0"], env=env)
+    assert result.exit_code == 2
 
 
 def test_the_demo_token_is_the_default(tmp_path: Path) -> None:
