@@ -69,16 +69,28 @@ class Subscription:
         self._events.append(event)
         self._wakeup.set()
 
+    async def get(self, timeout: float | None = None) -> LiveEvent | None:  # noqa: ASYNC109
+        """The next event, or None if none arrives within ``timeout`` seconds.
+
+        Waiting is on an Event, not on a generator, so a timeout cancels nothing but the wait.
+        """
+        while not self._events and not self._unreported:
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                return None
+        if self._unreported:
+            missed = LiveEvent("missed", {"count": self._unreported})
+            self._unreported = 0
+            return missed
+        return self._events.popleft()
+
     async def __aiter__(self) -> AsyncIterator[LiveEvent]:
         while True:
-            if not self._events:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            if self._unreported:
-                yield LiveEvent("missed", {"count": self._unreported})
-                self._unreported = 0
-            while self._events:
-                yield self._events.popleft()
+            event = await self.get()
+            if event is not None:
+                yield event
 
 
 class LiveHub:
@@ -116,6 +128,12 @@ class LiveHub:
     def subscribers(self, tenant_id: str) -> int:
         """How many subscriptions a tenant has."""
         return len(self._subscriptions.get(tenant_id, ()))
+
+    def publish_readings(self, readings: Iterable[Reading]) -> None:
+        """``publish_reading`` for each reading; nothing to do while no one is subscribed."""
+        if self._subscriptions:
+            for reading in readings:
+                self.publish_reading(reading)
 
     def publish_reading(self, reading: Reading) -> None:
         """Deliver a reading to every interested subscription of its tenant."""

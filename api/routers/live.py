@@ -49,14 +49,11 @@ async def _events(
     The token is checked again at every heartbeat, so a revoked or expired token (or a
     suspended tenant) ends the stream within one heartbeat interval.
     """
-    iterator = aiter(sub)
     while True:
-        try:
-            yield await asyncio.wait_for(anext(iterator), heartbeat)
-        except TimeoutError:
-            if not await authorized():
-                return
-            yield None
+        event = await sub.get(heartbeat)
+        if event is None and not await authorized():
+            return
+        yield event
 
 
 def _recheck(ctx: ApiContext, raw: str) -> Callable[[], Awaitable[bool]]:

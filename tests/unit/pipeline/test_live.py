@@ -58,3 +58,14 @@ async def test_status_events() -> None:
     hub.publish_status("acme", "fz-1", "offline", NOW)
     (event,) = await _take(sub, 1)
     assert event.kind == "status" and event.data["device_id"] == "fz-1" and event.data["status"] == "offline"
+
+
+async def test_a_quiet_period_does_not_end_the_subscription() -> None:
+    # Live streams wait with a heartbeat timeout; a timeout must not close the subscription.
+    hub = LiveHub()
+    sub = hub.subscribe("acme")
+    assert await sub.get(0.01) is None
+    assert await sub.get(0.01) is None
+    hub.publish_reading(_reading("acme", "fz-1", temp=-18.0))
+    event = await sub.get(0.01)
+    assert event is not None and event.data["metrics"] == {"temp": -18.0}
