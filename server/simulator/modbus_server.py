@@ -41,7 +41,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import re
 import struct
 import time
@@ -50,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.simulator._ticker import GridUpdates
 from server.simulator.signals import Metrics
 
 if TYPE_CHECKING:  # pymodbus is imported when a server starts, not when the simulator loads
@@ -306,12 +306,14 @@ def meter_unit_ids(device_ids: Sequence[str]) -> dict[str, int]:
     return {device_id: n for n, device_id in enumerate(device_ids, start=1)}
 
 
-class PowerMeterServer:
+class PowerMeterServer(GridUpdates):
     """The fleet's power meters on one Modbus TCP port, their registers following their signals.
 
     ``on_read(device_id, readings)`` is called for every read a meter answers, ``on_silent(device_id)``
     for every read it refuses because it is in a dropout (both for the simulator's counters).
     """
+
+    what = "the power meters' registers"
 
     def __init__(
         self,
@@ -374,23 +376,6 @@ class PowerMeterServer:
             words = meter_words(meter.signal.sample(t))
             await self._server.async_setValues(self.units[meter.id], _WRITE_HOLDING, 0, words)
         self.updated_at = t
-
-    def _grid(self, t: float) -> float:
-        """The last instant of the update grid (whole multiples of ``update_s``) at or before ``t``."""
-        return math.floor(t / self.update_s + 1e-9) * self.update_s
-
-    async def _update_forever(self) -> None:
-        last = self.updated_at
-        while True:
-            due = self._grid(self.clock()) + self.update_s
-            if last is not None and due <= last:  # woken a little early: never the same instant twice
-                due = last + self.update_s
-            await asyncio.sleep(min(self.update_s, max(0.0, due - self.clock())))
-            last = due
-            try:
-                await self.update(due)
-            except Exception:  # a bug must not stop the updates for good
-                logger.exception("updating the power meters' registers failed")
 
     async def _access(
         self,

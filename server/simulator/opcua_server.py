@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import time
@@ -46,6 +45,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from server.simulator._ticker import GridUpdates
 from server.simulator.signals import Dropouts, LineSignal, Metrics, Signal, derive_seed
 
 if TYPE_CHECKING:  # asyncua is imported when a server starts, not when the simulator loads
@@ -100,12 +100,14 @@ def plc_binding(url: str, *, publishing_interval_ms: float = 500.0) -> dict[str,
     }
 
 
-class PlcServer:
+class PlcServer(GridUpdates):
     """An asyncua server exposing Line1; with a ``signal``, its values follow it every ``update_s``.
 
     ``on_update(readings)`` is called after every update with the number of metrics written,
     ``on_silent()`` for every update skipped by a dropout (both for the simulator's counters).
     """
+
+    what = "the PLC's values"
 
     def __init__(
         self,
@@ -222,23 +224,6 @@ class PlcServer:
     def _count_parts(self, metrics: Metrics, t: float) -> None:
         if self.updated_at is not None and t > self.updated_at:
             self.parts += _number(metrics, "speed") * (t - self.updated_at) / 60.0  # speed is per minute
-
-    def _grid(self, t: float) -> float:
-        """The last instant of the update grid (whole multiples of ``update_s``) at or before ``t``."""
-        return math.floor(t / self.update_s + 1e-9) * self.update_s
-
-    async def _update_forever(self) -> None:
-        last = self.updated_at
-        while True:
-            due = self._grid(self.clock()) + self.update_s
-            if last is not None and due <= last:  # woken a little early: never the same instant twice
-                due = last + self.update_s
-            await asyncio.sleep(min(self.update_s, max(0.0, due - self.clock())))
-            last = due
-            try:
-                await self.update(due)
-            except Exception:  # a bug must not stop the updates for good
-                logger.exception("updating the PLC's values failed")
 
     async def close(self) -> None:
         """Stop updating and serving (open sessions are closed); safe to call more than once."""
