@@ -1035,8 +1035,15 @@ def run_postgres(ds: Dataset, args: argparse.Namespace, console: Console) -> Bac
         return result
     finally:
         if server is not None:
-            server.stop()  # by PID for the private cluster; drops the db and roles on an external one
-            console.log("postgres: stopped" if not server.external else "postgres: cleaned up")
+            # close(): the private cluster is stopped by its PID (SIGINT, SIGKILL after 10 s) and its
+            # directory deleted; on an external server only our database and roles are dropped.
+            # (stop() alone keeps the cluster's data directory, for restart tests.)
+            server.close()
+            if server.external:
+                console.log("postgres: dropped the benchmark database and roles")
+            else:
+                gone = server.cluster_dir is None or not server.cluster_dir.exists()
+                console.log(f"postgres: stopped; cluster directory {'removed' if gone else 'LEFT BEHIND'}")
         if ok:
             shutil.rmtree(log_dir, ignore_errors=True)
         else:

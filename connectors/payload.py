@@ -64,19 +64,37 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+# One decoder for every payload: json.loads(..., parse_constant=...) would build a new one each time.
+_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+# Metric names already matched against METRIC_NAME (a fleet repeats the same few names).
+_KNOWN_NAMES: set[str] = set()
+_KNOWN_NAMES_MAX = 10_000
+
+
+def _loads(payload: bytes) -> Any:
+    """``json.loads(payload)`` with the shared decoder (same encoding detection, same errors)."""
+    if len(payload) >= 2 and payload[0] in b"{[" and payload[1]:
+        text = payload.decode("utf-8", "surrogatepass")  # what json.detect_encoding would choose
+    else:
+        text = payload.decode(json.detect_encoding(payload), "surrogatepass")
+    return _JSON.decode(text)
+
+
 def decode(payload: bytes, *, max_bytes: int, now: datetime) -> list[DecodedSample]:
     """Decode a device payload, or raise PayloadError with the reason it is refused."""
     if len(payload) > max_bytes:
         raise PayloadError(RejectReason.TOO_LARGE, f"payload of {len(payload)} bytes exceeds {max_bytes}")
     try:
-        data = json.loads(payload, parse_constant=_refuse_constant)
+        data = _loads(payload)
     except PayloadError:
         raise
     except RecursionError as exc:
         raise PayloadError(RejectReason.TOO_DEEP, "payload nests too deeply to parse") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError(RejectReason.MALFORMED, f"not JSON: {exc}") from exc
-    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+    # Nesting is at most one level per bracket plus the values: with few brackets in the whole
+    # payload (bytes inside strings only over-count) there is nothing to walk.
+    if payload.count(b"{") + payload.count(b"[") + 1 > MAX_DEPTH and _depth(data, MAX_DEPTH) > MAX_DEPTH:
         raise PayloadError(RejectReason.TOO_DEEP, f"payload nests deeper than {MAX_DEPTH} levels")
     if isinstance(data, list):
         if not data or len(data) > MAX_BATCH:
@@ -89,7 +107,7 @@ def _sample(data: Any, now: datetime, *, timestamped: bool) -> DecodedSample:
     if not isinstance(data, dict):
         raise PayloadError(RejectReason.MALFORMED, "expected a JSON object of metrics")
     if "values" in data or timestamped:
-        unknown = set(data) - {"ts", "values"}
+        unknown = not (len(data) == 2 and "ts" in data) and set(data) - {"ts", "values"}
         if unknown or not isinstance(data.get("values"), dict):
             raise PayloadError(RejectReason.MALFORMED, 'a timestamped sample is {"ts": ..., "values": {...}}')
         ts = _timestamp(data["ts"], now) if "ts" in data else now
@@ -130,8 +148,12 @@ def _metrics(values: dict[str, Any]) -> dict[str, MetricValue]:
         raise PayloadError(RejectReason.MALFORMED, f"more than {MAX_METRICS} metrics")
     metrics: dict[str, MetricValue] = {}
     for name, value in values.items():
-        if not METRIC_NAME.match(name):
-            raise PayloadError(RejectReason.BAD_METRIC_NAME, f"metric name {name[:70]!r} is not allowed")
+        if name not in _KNOWN_NAMES:
+            if not METRIC_NAME.match(name):
+                raise PayloadError(RejectReason.BAD_METRIC_NAME, f"metric name {name[:70]!r} is not allowed")
+            if len(_KNOWN_NAMES) >= _KNOWN_NAMES_MAX:
+                _KNOWN_NAMES.clear()
+            _KNOWN_NAMES.add(name)
         if isinstance(value, bool | int | str):
             if isinstance(value, str) and len(value) > MAX_STRING:
                 raise PayloadError(RejectReason.TOO_LARGE, f"string value of {name!r} is too long")

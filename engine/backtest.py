@@ -4,9 +4,11 @@ The replay is the live engine's loop for one rule and one device, driven by reco
 instead of the bus: every reading updates the device's latest values and is evaluated as a
 READING event; when a decision asks to be woken (``wake_at``, e.g. "for 5 minutes") a TIMER event
 is evaluated at exactly that instant if it comes at or before the next reading (a reading at the
-same instant comes after the timer), so durations fire when they would live. Evaluation reads only
-the event time, never the wall clock, and the rule state is the JSON dict the live engine
-persists, fresh for each device.
+same instant comes after the timer), so durations fire when they would live. The timer policy is
+``engine.runner.RuleEngine``'s: one pending timer per (rule, device), replaced by a decision asking
+for another instant and kept (it fires, and evaluates to nothing new) when a decision asks for
+none. Evaluation reads only the event time, never the wall clock, and the rule state is the JSON
+dict the live engine persists, fresh for each device.
 
 Actions are never executed, only counted. ``alarm.raise``/``alarm.clear`` calls become alarm spans
 (one alarm per rule, device and alarm type active at a time) and ``notify`` calls are counted
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -93,6 +95,7 @@ class AlarmSpan:
 
 
 SeriesPoint = tuple[datetime, float]
+Progress = Callable[[str, datetime], None]  # (device id, end of the slice just replayed)
 
 
 @dataclass(slots=True)
@@ -323,9 +326,11 @@ def summarize(steps: Sequence[TraceStep]) -> str:
 class DeviceReplay:
     """One rule for one device, evaluated as the live engine would: feed it readings in time order.
 
-    A timer requested by the last decision (``wake_at``) fires before the next reading when it is
-    due at or before it; :meth:`advance` fires those due before a time with no reading (a device
-    that went silent still gets its "for 5 minutes" firing).
+    It does not check the rule's device selector (:func:`replay` and :func:`backtest` do).
+
+    The pending timer (the ``wake_at`` of the last decision that asked for one) fires before the
+    next reading when it is due at or before it; :meth:`advance` fires it when due before a time
+    with no reading (a device that went silent still gets its "for 5 minutes" firing).
     """
 
     def __init__(
@@ -413,7 +418,8 @@ class DeviceReplay:
         report.evaluations += 1
         if decision.event is EventKind.TIMER:
             report.timer_evaluations += 1
-        self.wake_at = decision.wake_at
+        if decision.wake_at is not None:  # as RuleEngine._schedule: replaced, never cleared
+            self.wake_at = decision.wake_at
         if decision.throttled:
             report.throttled += 1
         if decision.fired or decision.cleared:
@@ -461,14 +467,19 @@ def replay(
 ) -> BacktestReport:
     """Replay each device's readings (in time order) through the rule, with fresh state per device.
 
-    Pure: nothing but the report comes out. Devices are independent (rule state is keyed by
-    rule and device), so replaying them one after the other decides exactly what a live engine
-    receiving the same readings interleaved decides. With ``end``, timers due before it fire even
-    after a device's last reading. ``series_metric`` collects that metric for a chart, reduced to
-    the lowest and highest point of each ``series_every`` bucket when that is given.
+    Pure: nothing but the report comes out. Devices the rule's selector does not pick are skipped
+    (listed in the report), as the live engine never evaluates the rule for them. Devices are
+    independent (rule state is keyed by rule and device), so replaying them one after the other
+    decides exactly what a live engine receiving the same readings interleaved decides. With
+    ``end``, timers due before it fire even after a device's last reading. ``series_metric``
+    collects that metric for a chart, reduced to the lowest and highest point of each
+    ``series_every`` bucket when that is given.
     """
     report = BacktestReport(rule.rule_id, rule.version, rule.tenant_id, start, end, series_metric)
     for device, readings in readings_by_device:
+        if not rule.selects(device.id, device.type_id, device.labels):
+            report.skipped.append(device.id)  # live, the rule never sees this device
+            continue
         device_replay = DeviceReplay(
             rule,
             device,
@@ -512,14 +523,16 @@ async def backtest(
     slice_length: timedelta = DEFAULT_SLICE,
     series_points: int = DEFAULT_SERIES_POINTS,
     keep: int = DEFAULT_KEEP,
+    progress: Progress | None = None,
 ) -> BacktestReport:
     """Replay the stored telemetry of ``devices`` over [start, end) through ``rule``; no side effect.
 
     Devices the rule's selector does not pick are skipped (and listed as such). The metrics loaded
     are ``metrics`` when given, else those the rule reads (every metric of the device when a
     trigger fires on any reading). Each device streams in ``slice_length`` slices (memory holds
-    one slice of one device) and the event loop gets control back between slices.
-    ``series_points`` bounds the chart series of each device (0: no series).
+    one slice of one device) and the event loop gets control back between slices, where the task
+    can be cancelled; ``progress(device_id, slice_end)`` is called after each slice (for a progress
+    bar). ``series_points`` bounds the chart series of each device (0: no series).
     """
     if start.tzinfo is None or end.tzinfo is None:
         raise InvalidInputError("a backtest's start and end must be timezone-aware")
@@ -544,7 +557,7 @@ async def backtest(
             rule, device, series_metric=series_metric, series_origin=start, series_every=every, keep=keep
         )
         if names:
-            await _stream(device_replay, store, names, _slices(start, end, slice_length), source)
+            await _stream(device_replay, store, names, _slices(start, end, slice_length), source, progress)
         report.devices.append(device_replay.finish(end))
     return report
 
@@ -568,6 +581,7 @@ async def _stream(
     metrics: Sequence[str],
     slices: Iterable[tuple[datetime, datetime]],
     source: Source,
+    progress: Progress | None,
 ) -> None:
     """Feed one device's stored readings slice by slice, giving the event loop a turn in between.
 
@@ -578,6 +592,8 @@ async def _stream(
     for a, b in slices:
         for reading in await _load(store, tenant_id, device_id, metrics, a, b, source):
             device_replay.feed(reading)
+        if progress is not None:
+            progress(device_id, b)
         await asyncio.sleep(0)
 
 
