@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from pipeline.live import LiveEvent, Subscription
 from server.app import create_app
 from server.settings import load_settings
 from storage.database import Database
@@ -41,6 +42,15 @@ async def _latest(http: httpx.AsyncClient, t: TenantHandle, device: str, metric:
             if sample is not None:
                 return sample
             await asyncio.sleep(0.05)
+
+
+async def _live_reading(sub: Subscription) -> LiveEvent:
+    """The next reading on a live subscription (the same stream SSE and WebSocket serve)."""
+    async with asyncio.timeout(20):
+        while True:
+            event = await sub.get(1.0)
+            if event is not None and event.kind == "reading":
+                return event
 
 
 async def test_opcua_binding(app: FastAPI, plc: OpcUaServer, tenants: TenantFactory) -> None:
@@ -75,15 +85,15 @@ async def test_opcua_binding(app: FastAPI, plc: OpcUaServer, tenants: TenantFact
         assert r.status_code == 200, r.text
         assert "tenant_id" not in r.json()["config"]
         ts = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
+        live = app.state.runtime.hub.subscribe(t.id, devices=["line1"], metrics=["speed"])
         async with PlcWriter(plc.url) as writer:
             await writer.write("Speed", 1.75, source_ts=ts)
             await writer.write("State", "running", source_ts=ts)
-        try:
-            speed = await _latest(http, t, "line1", "speed")
-        except TimeoutError:
-            await app.state.runtime.recorder.flush()
-            letters = (await http.get("/api/v1/dead-letters", headers=t.headers)).json()
-            raise AssertionError(f"{app.state.runtime.supervisor.health()} {letters}") from None
+        event = await _live_reading(live)
+        app.state.runtime.hub.unsubscribe(live)
+        assert event.data["metrics"] == {"speed": 1.75} and event.data["source"]["kind"] == "opcua"
+        assert event.data["ts"] == ts.isoformat()
+        speed = await _latest(http, t, "line1", "speed")
         state = await _latest(http, t, "line1", "state")
         assert speed == {"ts": "2026-11-27T09:30:00Z", "value": 1.75}
         assert state["value"] == "running"
@@ -138,12 +148,17 @@ async def test_modbus_binding(app: FastAPI, tenants: TenantFactory, tmp_path: Pa
                 "/api/v1/devices/meter-17/binding", json={"kind": "modbus", "config": bad}, headers=t.headers
             )
             assert r.status_code == 422
+            live = app.state.runtime.hub.subscribe(t.id, devices=["meter-17"])
             r = await http.put(
                 "/api/v1/devices/meter-17/binding",
                 json={"kind": "modbus", "config": config},
                 headers=t.headers,
             )
             assert r.status_code == 200, r.text
+            event = await _live_reading(live)
+            app.state.runtime.hub.unsubscribe(live)
+            assert event.data["metrics"] == {"voltage": 230.5, "current": 12.75, "energy_kwh": 12345.67}
+            assert event.data["source"]["kind"] == "modbus" and event.data["tenant_id"] == t.id
             energy = await _latest(http, t, "meter-17", "energy_kwh")
             voltage = await _latest(http, t, "meter-17", "voltage")
             assert energy["value"] == 12345.67 and voltage["value"] == 230.5
