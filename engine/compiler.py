@@ -117,7 +117,7 @@ class CompiledRule:
 
     def selects(self, device_id: str, type_id: str, labels: Mapping[str, str]) -> bool:
         """Whether the rule applies to the device."""
-        return self.document.devices.matches(device_id, type_id, dict(labels))
+        return self.document.devices.matches(device_id, type_id, labels)
 
     def evaluate(
         self,

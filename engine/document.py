@@ -6,7 +6,7 @@ Every node has a stable path used by errors, traces and the editor: ``when/0`` (
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -46,7 +46,7 @@ class DeviceSelector(BaseModel):
     type: ObjectId | None = None
     labels: Labels = Field(default_factory=dict)
 
-    def matches(self, device_id: str, type_id: str, labels: dict[str, str]) -> bool:
+    def matches(self, device_id: str, type_id: str, labels: Mapping[str, str]) -> bool:
         """Whether a device is selected."""
         if self.ids and device_id not in self.ids:
             return False

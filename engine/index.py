@@ -6,7 +6,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from engine.compiler import CompiledRule
-from engine.evaluation import EventKind
+from engine.evaluation import DeviceView, EventKind
+
+ANY_READING = ""  # the metric under which rules triggered by any reading are filed
+SelectorKey = tuple[str, ...]  # ("id", device) | ("label", key, value) | ("type", type) | ("all",)
 
 
 class RuleIndex:
@@ -15,12 +18,21 @@ class RuleIndex:
     A reading with metrics {temp, door_open} for tenant T finds the rules of T that trigger on
     ``temp`` or ``door_open`` or on any reading; the device selector is then checked per rule.
     Rules are tenant-scoped here, at compile time, and again when an action runs.
+
+    ``for_device`` also uses the device selector as an index: each reading-triggered rule is
+    filed, per trigger metric, under the most selective criterion of its selector (each of its
+    device ids; else one of its labels, the one with the fewest rules filed when it is added;
+    else its device type; else "all"). A device can only be selected by rules filed under its id,
+    one of its labels, its type or "all", so a reading looks at (metrics + 1) x (labels + 3)
+    buckets and checks the full selector only on the rules found there: the cost follows the
+    rules that may apply to the device, not the tenant's rule count.
     """
 
     def __init__(self) -> None:
         self._by_metric: dict[str, dict[str, list[CompiledRule]]] = defaultdict(lambda: defaultdict(list))
         self._any_reading: dict[str, list[CompiledRule]] = defaultdict(list)
         self._by_kind: dict[tuple[str, EventKind], list[CompiledRule]] = defaultdict(list)
+        self._by_selector: dict[str, dict[tuple[str, SelectorKey], list[CompiledRule]]] = defaultdict(dict)
         self._rules: dict[tuple[str, str], CompiledRule] = {}
 
     def __len__(self) -> int:
@@ -44,6 +56,10 @@ class RuleIndex:
             else:
                 for metric in metrics:
                     self._by_metric[rule.tenant_id][metric].append(rule)
+            filed = self._by_selector[rule.tenant_id]
+            for metric in sorted(metrics) if metrics is not None else [ANY_READING]:
+                for key in _selector_keys(rule, metric, filed):
+                    filed.setdefault((metric, key), []).append(rule)
         for kind in kinds - {EventKind.READING, EventKind.TIMER}:
             self._by_kind[(rule.tenant_id, kind)].append(rule)
 
@@ -56,6 +72,7 @@ class RuleIndex:
             *self._by_metric.get(tenant_id, {}).values(),
             self._any_reading.get(tenant_id, []),
             *(rules for (t, _), rules in self._by_kind.items() if t == tenant_id),
+            *self._by_selector.get(tenant_id, {}).values(),
         ):
             if old in bucket:
                 bucket.remove(old)
@@ -74,6 +91,39 @@ class RuleIndex:
                     found[id(rule)] = rule
         return list(found.values())
 
+    def for_device(self, tenant_id: str, device: DeviceView, metrics: Iterable[str]) -> list[CompiledRule]:
+        """The rules a reading of ``device`` with these metrics triggers and whose selector picks it.
+
+        The same rules as ``for_reading`` followed by ``selects``, each once.
+        """
+        filed = self._by_selector.get(tenant_id)
+        if not filed:
+            return []
+        keys: list[SelectorKey] = [("id", device.id), ("type", device.type_id), ("all",)]
+        keys.extend(("label", k, v) for k, v in device.labels.items())
+        found: dict[int, CompiledRule] = {}
+        for metric in (*metrics, ANY_READING):
+            for key in keys:
+                for rule in filed.get((metric, key), ()):
+                    found[id(rule)] = rule
+        return [r for r in found.values() if r.selects(device.id, device.type_id, device.labels)]
+
     def for_event(self, tenant_id: str, kind: EventKind) -> list[CompiledRule]:
         """The rules triggered by status, alarm or schedule events of a tenant."""
         return list(self._by_kind.get((tenant_id, kind), ()))
+
+
+def _selector_keys(
+    rule: CompiledRule, metric: str, filed: Mapping[tuple[str, SelectorKey], list[CompiledRule]]
+) -> list[SelectorKey]:
+    """Where ``for_device`` looks for the rule: under one criterion every selected device has."""
+    selector = rule.document.devices
+    if selector.ids:
+        return [("id", device_id) for device_id in selector.ids]
+    if selector.labels:
+        pairs = sorted(selector.labels.items())
+        key, value = min(pairs, key=lambda kv: len(filed.get((metric, ("label", *kv)), ())))
+        return [("label", key, value)]
+    if selector.type is not None:
+        return [("type", selector.type)]
+    return [("all",)]

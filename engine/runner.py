@@ -148,14 +148,21 @@ class RuleEngine:
 
     async def on_reading(self, reading: Reading) -> list[Decision]:
         """Evaluate the rules a reading can trigger (a pipeline reading consumer)."""
-        rules = self.index.for_reading(reading.tenant_id, reading.metrics)
-        if not rules:
-            return []
+        # The latest values first: a rule triggered by temp may read door_open, which can come
+        # in readings that trigger no rule at all.
         key = (reading.tenant_id, reading.device_id)
         self._values.setdefault(key, {}).update(reading.metrics)
         self._times.setdefault(key, {}).update(dict.fromkeys(reading.metrics, reading.ts))
+        if not self.index.for_reading(reading.tenant_id, reading.metrics):
+            return []  # no rule of the tenant triggers on these metrics: skip the device lookup
+        device = await self._device(reading.tenant_id, reading.device_id)
+        if device is None:
+            return []
+        # Only the rules whose selector can pick this device (by id, label or type), not every
+        # rule of the tenant that triggers on the metric.
+        rules = self.index.for_device(reading.tenant_id, device, reading.metrics)
         event = Event(EventKind.READING, reading.tenant_id, reading.device_id, reading.ts, reading)
-        return await self._dispatch(rules, event)
+        return await self._dispatch(rules, event, device) if rules else []
 
     async def on_status(self, tenant_id: str, device_id: str, status: str, at: datetime) -> list[Decision]:
         """Evaluate the rules triggered by a device going online or offline."""
@@ -187,17 +194,20 @@ class RuleEngine:
                 await asyncio.wait_for(self._timer_wakeup.wait(), interval)
             self._timer_wakeup.clear()
 
-    async def _dispatch(self, rules: list[CompiledRule], event: Event) -> list[Decision]:
-        profiles = await self.catalogue.profiles(event.tenant_id, [event.device_id])
-        profile = profiles.get(event.device_id)
+    async def _device(self, tenant_id: str, device_id: str) -> DeviceView | None:
+        profiles = await self.catalogue.profiles(tenant_id, [device_id])
+        profile = profiles.get(device_id)
         if profile is None:
+            return None
+        zone = self._zones.get(tenant_id, ZoneInfo("UTC"))
+        return DeviceView(profile.device_id, profile.type_id, profile.labels, zone)
+
+    async def _dispatch(
+        self, rules: list[CompiledRule], event: Event, device: DeviceView | None = None
+    ) -> list[Decision]:
+        device = device or await self._device(event.tenant_id, event.device_id)
+        if device is None:
             return []
-        device = DeviceView(
-            profile.device_id,
-            profile.type_id,
-            profile.labels,
-            self._zones.get(event.tenant_id, ZoneInfo("UTC")),
-        )
         decisions = []
         for rule in rules:
             if not rule.selects(device.id, device.type_id, device.labels):

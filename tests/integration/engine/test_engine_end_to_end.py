@@ -223,3 +223,35 @@ async def test_one_timer_per_device_however_many_readings(
         await engine.on_reading(Reading(t.id, "fz-1", T0 + timedelta(seconds=10 * i), {"temp": -5.0}, source))
     due = await engine.fire_due_timers(T0 + timedelta(seconds=300))
     assert len(due) == 1 and due[0].fired
+
+
+async def test_values_from_readings_that_trigger_nothing_are_still_remembered(
+    database: Database, tenants: TenantFactory, tmp_path: Path
+) -> None:
+    application = create_app(load_settings(data_dir=tmp_path), database)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://t") as http:
+        t = await tenants.create()
+        h = t.headers
+        metrics = [{"name": "temp"}, {"name": "door_open", "data_type": "boolean"}]
+        await http.post(
+            "/api/v1/device-types", json={"id": "freezer", "name": "F", "metrics": metrics}, headers=h
+        )
+        await http.post("/api/v1/devices", json={"id": "fz-1", "type_id": "freezer"}, headers=h)
+        document = {
+            "name": "warm with the door closed",
+            "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
+            "if": [{"type": "expression", "options": {"expression": "temp > -10 and not door_open"}}],
+            "then": [{"type": "alarm.raise", "options": {"alarm_type": "warm"}}],
+        }
+        rule = (await http.post("/api/v1/rules", json={"document": document}, headers=h)).json()
+        await http.post(f"/api/v1/rules/{rule['id']}/publish", json={}, headers=h)
+    await application.state.runtime.telemetry.close()
+    engine = RuleEngine(database, RegistryCatalogue(database), alarms=AlarmService(database))
+    await engine.load()
+    source = Source("test", "values")
+    # door_open alone triggers no rule, but the rule triggered by temp must see it.
+    assert await engine.on_reading(Reading(t.id, "fz-1", T0, {"door_open": False}, source)) == []
+    [decision] = await engine.on_reading(
+        Reading(t.id, "fz-1", T0 + timedelta(seconds=1), {"temp": -5.0}, source)
+    )
+    assert decision.result is True and decision.fired
