@@ -1,0 +1,1 @@
+"""Notifications: channels, templates, delivery policy and delivery (the only package that talks to Apprise)."""
