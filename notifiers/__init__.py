@@ -1,1 +1,1 @@
-"""Notifications: channels, templates, delivery policy and delivery (the only package that talks to Apprise)."""
+"""Notifications: channels, templates, delivery policy and delivery (the one package that uses Apprise)."""
