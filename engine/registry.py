@@ -37,6 +37,10 @@ class DuplicateNodeError(RuntimeError):
     """Two node types claimed the same key: a programming error, refused at start-up."""
 
 
+class NodePackageError(RuntimeError):
+    """An installed node package could not register its nodes: refused at start-up."""
+
+
 Upgrade = Callable[[int, dict[str, Any]], dict[str, Any]]
 
 
@@ -65,6 +69,7 @@ class NodeRegistry:
 
     def __init__(self) -> None:
         self._types: dict[str, NodeType] = {}
+        self._entry_points: set[str] = set()  # "name = module:attr" of the entry points loaded
 
     def add(self, node_type: NodeType) -> None:
         """Register a node type; DuplicateNodeError if its key is taken."""
@@ -114,12 +119,40 @@ class NodeRegistry:
         return [t for t in self if t.kind is kind]
 
     def load_entry_points(self) -> list[str]:
-        """Let installed packages register their nodes; returns the entry point names loaded."""
+        """Let installed packages register their nodes; returns the entry point names loaded now.
+
+        Each entry point of the ``flatgigs.nodes`` group is a callable taking a registry. It
+        registers into a registry of its own first, so an entry point is taken whole or not at
+        all: a key that is already taken (a built-in's or another package's) raises
+        DuplicateNodeError naming the entry point, and a package that fails to load raises
+        NodePackageError; either way the process refuses to start. Entry points already loaded
+        into this registry are skipped, so every app the process creates can call this.
+        """
         loaded = []
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            ep.load()(self)
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
+            ident = f"{ep.name} = {ep.value}"
+            if ident in self._entry_points:
+                continue
+            origin = f"entry point {ident!r}" + (f" of {ep.dist.name} {ep.dist.version}" if ep.dist else "")
+            staged = NodeRegistry()
+            try:
+                ep.load()(staged)
+            except DuplicateNodeError as exc:
+                raise DuplicateNodeError(f"{origin}: {exc}") from exc
+            except Exception as exc:
+                raise NodePackageError(f"{origin} failed to register its rule nodes: {exc!r}") from exc
+            for node_type in staged:
+                taken = self._types.get(node_type.key)
+                if taken is not None:
+                    raise DuplicateNodeError(
+                        f"{origin} registers node key {node_type.key!r}, already registered by "
+                        f"{taken.implementation.__module__}.{taken.implementation.__qualname__}"
+                    )
+            for node_type in staged:
+                self._types[node_type.key] = node_type
+            self._entry_points.add(ident)
             loaded.append(ep.name)
-            logger.info("loaded rule nodes from %s", ep.value)
+            logger.info("rule nodes %s registered by %s", [t.key for t in staged], origin)
         return loaded
 
     def options_for(self, ref: NodeRef, kind: NodeKind) -> tuple[NodeType, BaseModel] | RuleProblem:
@@ -163,3 +196,13 @@ def _closest(word: str, candidates: list[str]) -> str | None:
 
 REGISTRY = NodeRegistry()
 """The process-wide registry the built-in nodes register into (see engine.nodes)."""
+
+
+def load_node_types(registry: NodeRegistry = REGISTRY) -> list[str]:
+    """Register the built-in nodes, then those of installed packages; the entry points loaded now.
+
+    Called when an app starts; DuplicateNodeError or NodePackageError stop the start-up.
+    """
+    import engine.nodes  # noqa: F401  (registers the built-in nodes into REGISTRY)
+
+    return registry.load_entry_points()

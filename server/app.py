@@ -16,6 +16,7 @@ from api.problems import install_problem_handlers
 from api.routers import health
 from api.v1 import build_v1_router
 from connectors.base import Connector
+from engine.registry import REGISTRY, load_node_types
 from server.logs import install_redaction
 from server.runtime import Runtime
 from server.settings import Settings
@@ -39,6 +40,9 @@ def create_app(
     ``database``, ``telemetry`` and ``connectors`` are built from settings unless given.
     Background work (ingestion, connectors) runs for the app's lifespan.
     """
+    # Third-party nodes before anything compiles a rule; a duplicate key stops the start-up here.
+    if loaded := load_node_types():
+        logger.info("rule nodes from packages: %s (%d node types in all)", ", ".join(loaded), len(REGISTRY))
     db = database or Database(settings.app_database_url, pool_size=settings.db_pool_size)
     owns_db = database is None
     registry = CollectorRegistry()

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import engine.compiler  # noqa: F401  (registers the built-in nodes)
 from engine.nodes.base import Options
-from engine.registry import REGISTRY, DuplicateNodeError, NodeKind, NodeRegistry, NodeType
+from engine.registry import REGISTRY, DuplicateNodeError, NodeKind, NodeRegistry, NodeType, load_node_types
 
+load_node_types()  # as at start-up: the built-in nodes and those of the installed node packages
 NODES = list(REGISTRY)
 
 
