@@ -320,6 +320,64 @@ rule_traces = sa.Table(
 )
 
 
+# Notification channels: Apprise URLs sealed with the notify keys (never stored in clear); the
+# previews are what the API shows. Names are what rules refer to.
+notification_channels = sa.Table(
+    "notification_channels",
+    metadata,
+    _tenant_column(),
+    sa.Column("id", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(63), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("urls_sealed", sa.Text(), nullable=False),
+    sa.Column("previews", JSONType, nullable=False),
+    sa.Column("quiet_hours", JSONType, nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "id"),
+    sa.UniqueConstraint("tenant_id", "name"),
+)
+
+# The tenant's default delivery policy (one row per tenant; absent means the built-in defaults).
+notification_policies = sa.Table(
+    "notification_policies",
+    metadata,
+    _tenant_column(),
+    sa.Column("policy", sa.Text(), nullable=False),  # DeliveryPolicy JSON, validated on read
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id"),
+)
+
+# The delivery log: one row per (notification, channel) with its outcome; status "dead" rows are
+# the notification dead letters (re-sendable). Pruned per tenant to a bound.
+notification_deliveries = sa.Table(
+    "notification_deliveries",
+    metadata,
+    _tenant_column(),
+    sa.Column("id", sa.String(40), nullable=False),
+    sa.Column("channel_id", sa.String(40), nullable=True),
+    sa.Column("channel_name", sa.String(63), nullable=False),
+    sa.Column("rule_id", sa.String(40), nullable=True),
+    sa.Column("device_id", sa.String(128), nullable=True),
+    sa.Column("alarm_type", sa.String(63), nullable=True),
+    sa.Column("severity", sa.String(16), nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("dedup_key", sa.String(300), nullable=True),
+    sa.Column("title", sa.Text(), nullable=False),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("resent", sa.Integer(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("sent_at", UtcDateTime(), nullable=True),
+    sa.PrimaryKeyConstraint("tenant_id", "id"),
+    # Newest-first keyset pages, for the whole log and for one status (dead letters).
+    sa.Index(None, "tenant_id", "created_at", "id"),
+    sa.Index(None, "tenant_id", "status", "created_at", "id"),
+)
+
 def tenant_owned_tables() -> list[sa.Table]:
     """Every table whose rows belong to one tenant."""
     return [t for t in metadata.sorted_tables if "tenant_id" in t.c]

@@ -175,6 +175,43 @@ def rows_of(tenant: str, tag: str) -> dict[str, dict[str, Any]]:
             "steps": "[]",
             "actions": "[]",
         },
+        "notification_channels": {
+            "tenant_id": tenant,
+            "id": f"chn_{tag}",
+            "name": f"night-shift-{tag}",
+            "description": "",
+            "urls_sealed": "gAAAA-sealed",
+            "previews": "[]",
+            "quiet_hours": None,
+            "created_at": NOW,
+            "updated_at": NOW,
+        },
+        "notification_policies": {  # one row per tenant: the rows for A differ in tenant only
+            "tenant_id": tenant,
+            "policy": "{}",
+            "updated_at": NOW,
+        },
+        "notification_deliveries": {
+            "tenant_id": tenant,
+            "id": f"ntf_{tag}",
+            "channel_id": "chn_1",
+            "channel_name": "night-shift",
+            "rule_id": "rul_1",
+            "device_id": "dev-1",
+            "alarm_type": "too-warm",
+            "severity": "major",
+            "kind": "fired",
+            "dedup_key": "rul_1:dev-1:too-warm",
+            "title": "Too warm",
+            "body": "",
+            "status": "sent",
+            "attempts": 1,
+            "last_error": None,
+            "resent": 0,
+            "created_at": NOW,
+            "updated_at": NOW,
+            "sent_at": NOW,
+        },
     }
 
 
@@ -195,6 +232,9 @@ MUTABLE_COLUMN = {
     "rule_versions": "comment",
     "rule_state": "device_id",
     "rule_traces": "outcome",
+    "notification_channels": "urls_sealed",
+    "notification_policies": "policy",
+    "notification_deliveries": "status",
 }
 
 
