@@ -203,6 +203,12 @@ class RuleRepository:
             raise NotFoundError("rule", rule_id)
         return await self.get(rule_id)
 
+    async def touch_fired(self, rule_id: str, at: datetime) -> None:
+        """Record when the rule last fired (a deleted rule is ignored: it fired before it went)."""
+        await self._scope.conn.execute(
+            self._scope.update(rules).where(rules.c.id == rule_id).values(last_fired_at=at)
+        )
+
     async def publish(self, rule_id: str, version: int) -> Rule:
         """Make ``version`` the running one (it must exist)."""
         await self.version(rule_id, version)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.dialects import postgresql, sqlite
+
 from engine.compiler import Decision
 from storage.database import Database, TenantScope
 from storage.tables import rule_state, rule_traces
@@ -22,6 +24,16 @@ class PendingTimer:
     rule_id: str
     device_id: str
     wake_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StateRow:
+    """The stored state of one (rule, device) of a tenant."""
+
+    rule_id: str
+    device_id: str
+    state: dict[str, Any]
+    wake_at: datetime | None
 
 
 class RuleStateRepository:
@@ -62,7 +74,41 @@ class RuleStateRepository:
                 ],
             )
 
-    async def timers(self) -> list[PendingTimer]:
+    async def for_device(self, device_id: str) -> list[StateRow]:
+        """The state of every rule for one device (read once, when the engine first sees it)."""
+        stmt = self._scope.select(
+            rule_state, rule_state.c.rule_id, rule_state.c.state, rule_state.c.wake_at
+        ).where(rule_state.c.device_id == device_id)
+        return [
+            StateRow(r.rule_id, device_id, dict(r.state), r.wake_at)
+            for r in await self._scope.conn.execute(stmt)
+        ]
+
+    async def put_many(self, rows: builtins.list[StateRow]) -> None:
+        """Insert or replace many states in one statement."""
+        if not rows:
+            return
+        now = utcnow()
+        values = [
+            {
+                "tenant_id": self._scope.tenant_id,
+                "rule_id": r.rule_id,
+                "device_id": r.device_id,
+                "state": r.state,
+                "wake_at": r.wake_at,
+                "updated_at": now,
+            }
+            for r in rows
+        ]
+        dialect = postgresql if self._scope.conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(rule_state)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "rule_id", "device_id"],
+            set_={"state": stmt.excluded.state, "wake_at": stmt.excluded.wake_at, "updated_at": now},
+        )
+        await self._scope.conn.execute(stmt, values)
+
+    async def timers(self) -> builtins.list[PendingTimer]:
         """Every pending timer of the tenant."""
         stmt = self._scope.select(
             rule_state, rule_state.c.rule_id, rule_state.c.device_id, rule_state.c.wake_at
@@ -89,6 +135,10 @@ class TraceRepository:
 
     def __init__(self, scope: TenantScope) -> None:
         self._scope = scope
+
+    async def add_many(self, rows: builtins.list[dict[str, Any]]) -> None:
+        """Store many traces (rows as the engine buffers them) in one statement."""
+        await self._scope.insert(rule_traces, rows)
 
     async def add(self, decision: Decision, actions: builtins.list[dict[str, Any]]) -> None:
         """Store one decision with its steps and the outcome of each action."""

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from connectors.base import Connector
+from connectors.mqtt_publish import MqttPublisher
 from connectors.supervisor import ConnectorSupervisor
 from devices.catalogue import RegistryCatalogue
 from engine.alarms import AlarmService
+from engine.executors import ActionExecutor
 from engine.runner import RuleEngine
 from model.errors import PlatformError
 from pipeline.bus import ReadingBus
@@ -45,6 +47,22 @@ def build_telemetry_store(settings: Settings) -> TelemetryStore:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return EmbeddedTelemetryStore(settings.data_dir / "telemetry.db")
+
+
+def build_publisher(settings: Settings) -> MqttPublisher | None:
+    """The broker client rule actions publish with (None without a broker)."""
+    if not settings.mqtt_url:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(settings.mqtt_url)
+    return MqttPublisher(
+        parts.hostname or "127.0.0.1",
+        parts.port or 1883,
+        client_id=f"{settings.mqtt_client_id}-rules",
+        username=parts.username,
+        password=parts.password,
+    )
 
 
 def build_connectors(settings: Settings, bus: ReadingBus, database: Database) -> list[Connector]:
@@ -126,10 +144,17 @@ class Runtime:
         supervisor = ConnectorSupervisor(
             connectors if connectors is not None else build_connectors(settings, bus, database)
         )
+        executor = ActionExecutor(
+            alarms=AlarmService(database),
+            publisher=build_publisher(settings),
+            sink=bus,
+            allow_private_webhooks=settings.allow_private_webhooks,
+        )
         engine = RuleEngine(
             database,
             catalogue,
-            alarms=AlarmService(database),
+            executor=executor,
+            telemetry=store,
             allow_private_webhooks=settings.allow_private_webhooks,
         )
         ingestor.reading_consumers.append(engine.on_reading)
@@ -167,6 +192,7 @@ class Runtime:
         await self.engine.load()
         for name, work in (
             ("rule-timers", self.engine.run_timers()),
+            ("rule-writer", self.engine.run_flusher()),
             ("ingestor", self.ingestor.run()),
             ("status-sweeper", self.ingestor.run_status_sweeper()),
             ("status-publisher", self.ingestor.run_status_publisher()),
@@ -183,5 +209,10 @@ class Runtime:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks.clear()
+            await self.engine.drain()
+            await self.engine.executor.close()
+            publisher = self.engine.executor.publisher
+            if isinstance(publisher, MqttPublisher):
+                await publisher.close()
             await self.recorder.flush()
             await self.telemetry.close()

@@ -7,19 +7,41 @@ a backtest can run the same compiled rule with no side effect at all.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, HttpUrl, model_validator
 
-from engine.expressions import compile_expression
-from engine.nodes.base import Action, CompileContext, Options
+from engine.errors import RuleProblem, RuleValidationError
+from engine.evaluation import EvalContext
+from engine.expressions import ExpressionRuntimeError, compile_expression
+from engine.nodes.base import Action, ActionCall, CompileContext, Options
 from engine.nodes.triggers import MetricName
 from engine.registry import REGISTRY, NodeKind
+from notifiers.templates import TemplateProblem
+from notifiers.templates import check as check_template
 
 Severity = Literal["critical", "major", "minor", "warning", "info"]
 AlarmType = str
+
+
+class TemplatedAction(Action):
+    """An action whose options hold message templates: each is checked when the rule is saved."""
+
+    templates: tuple[str, ...] = ()
+
+    def __init__(self, path: str, options: Any, context: CompileContext) -> None:
+        super().__init__(path, options, context)
+        problems = []
+        for name in self.templates:
+            try:
+                check_template(getattr(self.options, name))
+            except TemplateProblem as exc:
+                problems.append(RuleProblem(path, f"template: {exc}", f"options.{name}"))
+        if problems:
+            raise RuleValidationError(problems)
 
 
 class RaiseAlarmOptions(Options):
@@ -37,8 +59,10 @@ class RaiseAlarmOptions(Options):
     title="Raise alarm",
     examples=({"alarm_type": "freezer-warm", "severity": "major", "message": "{{ device.id }} is warm"},),
 )
-class RaiseAlarm(Action):
+class RaiseAlarm(TemplatedAction):
     """Raises (or keeps active) the device's alarm of this type for this rule."""
+
+    templates = ("message",)
 
 
 class ClearAlarmOptions(Options):
@@ -64,6 +88,9 @@ class NotifyOptions(Options):
     channels: list[str] = Field(min_length=1, max_length=10, json_schema_extra={"widget": "channels"})
     title: str = Field(default="{{ rule.name }}", max_length=200, json_schema_extra={"widget": "template"})
     body: str = Field(default="", max_length=4000, json_schema_extra={"widget": "template"})
+    policy: dict[str, Any] | None = Field(
+        default=None, description="Delivery policy for this rule (the tenant's defaults when absent)."
+    )
 
 
 @REGISTRY.register(
@@ -73,8 +100,10 @@ class NotifyOptions(Options):
     title="Notify",
     examples=({"channels": ["night-shift"], "title": "{{ device.id }} too warm"},),
 )
-class Notify(Action):
+class Notify(TemplatedAction):
     """Sends a notification through the tenant's channels (delivery policy applies)."""
+
+    templates = ("title", "body")
 
 
 class WebhookOptions(Options):
@@ -107,17 +136,16 @@ def private_address_problem(url: str) -> str | None:
     title="Webhook",
     examples=({"url": "https://hooks.example.com/flatgigs", "body": '{"device": "{{ device.id }}"}'},),
 )
-class Webhook(Action):
+class Webhook(TemplatedAction):
     """POSTs templated JSON to a URL, with a timeout and retries; private addresses are refused."""
 
     options: WebhookOptions
+    templates = ("body",)
 
     def __init__(self, path: str, options: Any, context: CompileContext) -> None:
         super().__init__(path, options, context)
         problem = private_address_problem(str(self.options.url))
         if problem and not context.allow_private_webhooks:
-            from engine.errors import RuleProblem, RuleValidationError
-
             raise RuleValidationError(
                 [RuleProblem(path, f"webhooks to {problem} are not allowed", "options.url")]
             )
@@ -145,8 +173,30 @@ class PublishOptions(Options):
     title="Publish MQTT message",
     examples=({"topic": "fg/acme-retail/{{ device.id }}/commands", "payload": '{"setpoint": -20}'},),
 )
-class Publish(Action):
+class Publish(TemplatedAction):
     """Publishes a templated message (the topic is confined to the tenant's namespace)."""
+
+    options: PublishOptions
+    templates = ("topic", "payload")
+
+    def __init__(self, path: str, options: Any, context: CompileContext) -> None:
+        super().__init__(path, options, context)
+        levels = self.options.topic.split("/")
+        # Checked again on the rendered topic when the message is sent (the executors' topic check).
+        if len(levels) < 3 or levels[0] != "fg" or levels[1] != context.tenant_id:
+            raise RuleValidationError(
+                [
+                    RuleProblem(
+                        path,
+                        f"the topic must start with fg/{context.tenant_id}/ (the tenant's namespace)",
+                        "options.topic",
+                    )
+                ]
+            )
+        if len(levels) == 4 and levels[3] in ("telemetry", "status"):
+            raise RuleValidationError(
+                [RuleProblem(path, "rules cannot publish to ingestion topics", "options.topic")]
+            )
 
 
 class DerivedOptions(Options):
@@ -170,4 +220,25 @@ class DerivedMetric(Action):
 
     def __init__(self, path: str, options: Any, context: CompileContext) -> None:
         super().__init__(path, options, context)
+        if self.options.metric in context.metrics:
+            raise RuleValidationError(
+                [
+                    RuleProblem(
+                        path,
+                        f"{self.options.metric!r} is a metric of the device type; a derived metric "
+                        "needs a name of its own",
+                        "options.metric",
+                    )
+                ]
+            )
         self.compiled = compile_expression(self.options.expression, context.metrics, path)
+
+    def plan(self, ctx: EvalContext) -> ActionCall:
+        """The call carries the value, computed now from the values the decision saw."""
+        call = super().plan(ctx)
+        inputs = {m: ctx.values.get(m) for m in self.compiled.symbols}
+        if all(v is not None for v in inputs.values()):
+            # When it cannot be evaluated the executor reports the call as failed, with the reason.
+            with contextlib.suppress(ExpressionRuntimeError):
+                call.options["value"] = self.compiled.evaluate(inputs)
+        return call

@@ -1,10 +1,13 @@
-"""Triggers: telemetry received, device status changed, alarm state changed."""
+"""Triggers: telemetry received, device status changed, schedule, alarm state changed."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import datetime, tzinfo
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, StringConstraints
+from croniter import croniter  # type: ignore[import-untyped]
+from pydantic import Field, StringConstraints, field_validator
 
 from engine.evaluation import Event, EventKind
 from engine.nodes.base import Options, Trigger
@@ -117,3 +120,60 @@ class AlarmChanged(Trigger):
         return (not types or event.data.get("alarm_type") in types) and event.data.get(
             "state"
         ) in self.options.states
+
+
+class ScheduleOptions(Options):
+    """A cron schedule (five fields: minute hour day month weekday) in a time zone."""
+
+    cron: str = Field(min_length=9, max_length=100, json_schema_extra={"widget": "cron"})
+    timezone: str | None = Field(
+        default=None, max_length=64, description="IANA time zone; the tenant's when absent."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5:
+            raise ValueError("a cron schedule has five fields: minute hour day month weekday")
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid cron schedule")
+        return " ".join(fields)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+@REGISTRY.register(
+    "schedule",
+    NodeKind.TRIGGER,
+    options=ScheduleOptions,
+    title="Schedule",
+    examples=({"cron": "0 7 * * 1-5", "timezone": "Europe/Berlin"}, {"cron": "*/15 * * * *"}),
+)
+class Schedule(Trigger):
+    """Runs the rule for every selected device at the times of a cron schedule (in a time zone)."""
+
+    options: ScheduleOptions
+
+    def event_kinds(self) -> frozenset[EventKind]:
+        return frozenset({EventKind.SCHEDULE, EventKind.TIMER})
+
+    def matches(self, event: Event) -> bool:
+        if event.kind is EventKind.TIMER:
+            return True
+        return event.kind is EventKind.SCHEDULE and event.data.get("trigger") == self.path
+
+    def next_after(self, after: datetime, default_zone: tzinfo) -> datetime:
+        """The first scheduled instant strictly after ``after`` (aware, in UTC terms)."""
+        zone: Any = ZoneInfo(self.options.timezone) if self.options.timezone else default_zone
+        found: datetime = croniter(self.options.cron, after.astimezone(zone)).get_next(datetime)
+        return found
