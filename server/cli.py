@@ -35,11 +35,13 @@ tenant_app = typer.Typer(help="Tenants (platform operator).", no_args_is_help=Tr
 user_app = typer.Typer(help="Users of a tenant.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
+docs_app = typer.Typer(help="Generated documentation.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(devices_app, name="devices")
+app.add_typer(docs_app, name="docs")
 app.command("simulate")(simulate_command)
 
 console = Console()
@@ -225,6 +227,22 @@ def openapi(
     document = json.dumps(create_app(_settings()).openapi(), indent=2, sort_keys=True) + "\n"
     if output is None:
         console.out(document, highlight=False)
+    else:
+        output.write_text(document)
+        console.print(f"wrote {output}")
+
+
+@docs_app.command("nodes")
+def docs_nodes(
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print (or write) the reference of the built-in rule node types (docs/rules/nodes.md)."""
+    import engine.nodes  # noqa: F401  (registers the built-in nodes; packages document their own)
+    from engine.node_docs import builtin_node_types, render_node_docs
+
+    document = render_node_docs(builtin_node_types())
+    if output is None:
+        console.out(document, highlight=False, end="")
     else:
         output.write_text(document)
         console.print(f"wrote {output}")
