@@ -37,6 +37,13 @@ class FireMode(StrEnum):
     ALWAYS = "always"  # on every evaluation where the condition holds
 
 
+class TraceMode(StrEnum):
+    """Which evaluations leave a stored trace."""
+
+    CHANGES = "changes"  # firings, clears, throttles, and every change of outcome per device
+    ALL = "all"  # every evaluation (for debugging a rule; costs a row per reading per device)
+
+
 class DeviceSelector(BaseModel):
     """Which devices a rule applies to: all of the tenant's unless narrowed (criteria are ANDed)."""
 
@@ -80,6 +87,7 @@ class RuleDocument(BaseModel):
     fire: FireMode = FireMode.ON_CHANGE
     throttle: Throttle = Field(default_factory=Throttle)
     run_mode: RunMode = RunMode.SINGLE
+    trace: TraceMode = TraceMode.CHANGES
 
 
 class Section(StrEnum):

@@ -242,7 +242,11 @@ class ActionExecutor:
             policy=_policy(policy),
         )
         decided = await self.notifier.submit(request)
-        return ("done", decided)
+        if decided == "queued":
+            return ("done", "queued for delivery")
+        if decided == "no_channel":
+            raise ActionFailed("none of the channels exists in the tenant")
+        return ("suppressed", f"delivery policy: {decided}")
 
     async def _webhook(self, call: ActionCall, ctx: ActionContext) -> tuple[str, str] | None:
         o = call.options

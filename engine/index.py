@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
+from engine.banks import ThresholdBanks
 from engine.compiler import CompiledRule
 from engine.evaluation import DeviceView, EventKind
 
@@ -34,6 +35,7 @@ class RuleIndex:
         self._by_kind: dict[tuple[str, EventKind], list[CompiledRule]] = defaultdict(list)
         self._by_selector: dict[str, dict[tuple[str, SelectorKey], list[CompiledRule]]] = defaultdict(dict)
         self._rules: dict[tuple[str, str], CompiledRule] = {}
+        self.banks = ThresholdBanks()
 
     def __len__(self) -> int:
         return len(self._rules)
@@ -49,6 +51,8 @@ class RuleIndex:
         self.remove(rule.tenant_id, rule.rule_id)
         self._rules[(rule.tenant_id, rule.rule_id)] = rule
         kinds = rule.event_kinds
+        if self.banks.put(rule):
+            return  # a threshold rule: found by value through its bank (engine.banks)
         if EventKind.READING in kinds:
             metrics = rule.metrics
             if metrics is None:
@@ -67,6 +71,9 @@ class RuleIndex:
         """Drop a rule (disabled, deleted or replaced)."""
         old = self._rules.pop((tenant_id, rule_id), None)
         if old is None:
+            return
+        if (tenant_id, rule_id) in self.banks:
+            self.banks.remove(tenant_id, rule_id)
             return
         for bucket in (
             *self._by_metric.get(tenant_id, {}).values(),
@@ -90,6 +97,24 @@ class RuleIndex:
                 for rule in by_metric.get(metric, ()):
                     found[id(rule)] = rule
         return list(found.values())
+
+    def triggers_on(self, tenant_id: str, metrics: Mapping[str, object]) -> bool:
+        """Whether any rule of the tenant can be triggered by a reading with these metrics."""
+        if self._any_reading.get(tenant_id):
+            return True
+        by_metric = self._by_metric.get(tenant_id)
+        if by_metric and any(by_metric.get(m) for m in metrics):
+            return True
+        return self.banks.has(tenant_id, metrics)
+
+    def for_values(
+        self, tenant_id: str, device: DeviceView, values: Mapping[str, object]
+    ) -> list[CompiledRule]:
+        """``for_device`` plus the banked threshold rules these values can flip, each once."""
+        found = self.for_device(tenant_id, device, values)
+        for metric, value in values.items():
+            found.extend(self.banks.candidates(tenant_id, device, metric, value))
+        return found
 
     def for_device(self, tenant_id: str, device: DeviceView, metrics: Iterable[str]) -> list[CompiledRule]:
         """The rules a reading of ``device`` with these metrics triggers and whose selector picks it.

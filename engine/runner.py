@@ -35,7 +35,7 @@ from devices.catalogue import RegistryCatalogue
 from devices.registry import DeviceFilter, DeviceRepository
 from engine.compiler import RULE_STATE, CompiledRule, Decision, compile_rule
 from engine.context import compile_context
-from engine.document import RuleDocument, RunMode
+from engine.document import RuleDocument, RunMode, TraceMode
 from engine.errors import RuleValidationError
 from engine.evaluation import DeviceView, Event, EventKind
 from engine.executors import (
@@ -104,6 +104,7 @@ class RuleEngine:
         self.flush_interval = flush_interval
         self.index = RuleIndex()
         self.traces_dropped = 0
+        self.evaluations = 0
         self._zones: dict[str, ZoneInfo] = {}
         # Latest values per (tenant, device): a rule triggered by temp may read door_open.
         self._values: dict[tuple[str, str], dict[str, MetricValue]] = {}
@@ -215,14 +216,15 @@ class RuleEngine:
         key = (reading.tenant_id, reading.device_id)
         self._values.setdefault(key, {}).update(reading.metrics)
         self._times.setdefault(key, {}).update(dict.fromkeys(reading.metrics, reading.ts))
-        if not self.index.for_reading(reading.tenant_id, reading.metrics):
+        if not self.index.triggers_on(reading.tenant_id, reading.metrics):
             return []  # no rule of the tenant triggers on these metrics: skip the device lookup
         device = await self._device(reading.tenant_id, reading.device_id)
         if device is None:
             return []
         # Only the rules whose selector can pick this device (by id, label or type), not every
         # rule of the tenant that triggers on the metric.
-        rules = self.index.for_device(reading.tenant_id, device, reading.metrics)
+        # Threshold rules in banks come only when this reading's value can flip them.
+        rules = self.index.for_values(reading.tenant_id, device, reading.metrics)
         if reading.source.kind == DERIVED_SOURCE_KIND:
             # A derived metric never re-triggers the rule that wrote it (no loops).
             rules = [r for r in rules if r.rule_id != reading.source.instance]
@@ -440,6 +442,18 @@ class RuleEngine:
         last = state.setdefault(RULE_STATE, {})
         if seen is None or event.ts > datetime.fromisoformat(seen):
             last["last_at"] = event.ts.isoformat()
+        self.index.banks.observe(rule, device.id, state)
+        outcome = decision.outcome
+        # Traces: every firing, clear and throttle, and every change of outcome for the device
+        # (the first evaluation included), so "why not?" always has an answer; the evaluations
+        # in between change nothing and are counted, not stored, unless the rule traces all.
+        traced = (
+            rule.document.trace is TraceMode.ALL
+            or outcome != last.get("last_outcome")
+            or outcome in ("fired", "cleared", "throttled")
+        )
+        last["last_outcome"] = outcome
+        self.evaluations += 1
         self._dirty.add(key)
         self._wakes[key] = decision.wake_at
         if decision.fired:
@@ -450,7 +464,7 @@ class RuleEngine:
             await self._write_states([key])
         if decision.wake_at is not None:
             self._schedule(event.tenant_id, rule.rule_id, device.id, decision.wake_at)
-        await self._act(rule, decision, device, dict(self._values.get(values_key, {})))
+        await self._act(rule, decision, device, dict(self._values.get(values_key, {})), traced)
         return decision
 
     def _schedule(self, tenant_id: str, rule_id: str, device_id: str, wake_at: datetime) -> None:
@@ -464,10 +478,16 @@ class RuleEngine:
     # --- actions ------------------------------------------------------------------------------
 
     async def _act(
-        self, rule: CompiledRule, decision: Decision, device: DeviceView, values: dict[str, MetricValue]
+        self,
+        rule: CompiledRule,
+        decision: Decision,
+        device: DeviceView,
+        values: dict[str, MetricValue],
+        traced: bool = True,
     ) -> None:
         if not decision.calls:
-            self._trace(decision, [])
+            if traced:
+                self._trace(decision, [])
             return
         key = (decision.tenant_id, rule.rule_id, device.id)
         ctx = ActionContext(rule, decision, values, device.type_id, device.labels)

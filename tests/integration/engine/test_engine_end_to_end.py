@@ -28,8 +28,9 @@ from tests.harness.mosquitto import MosquittoServer
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=50)
 
 
-def rule_document(value: float = -10) -> dict[str, Any]:
+def rule_document(value: float = -10, **extra: Any) -> dict[str, Any]:
     return {
+        **extra,
         "name": "Freezer too warm",
         "devices": {"type": "freezer", "labels": {"region": "north"}},
         "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
@@ -52,7 +53,7 @@ def rule_document(value: float = -10) -> dict[str, Any]:
 
 
 async def _setup(
-    http: httpx.AsyncClient, tenants: TenantFactory, value: float = -10
+    http: httpx.AsyncClient, tenants: TenantFactory, value: float = -10, **extra: Any
 ) -> tuple[TenantHandle, str]:
     t = await tenants.create()
     h = t.headers
@@ -63,7 +64,9 @@ async def _setup(
         "/api/v1/devices", json={"id": "fz-1", "type_id": "freezer", "labels": {"region": "north"}}, headers=h
     )
     assert r.status_code == 201
-    rule = (await http.post("/api/v1/rules", json={"document": rule_document(value)}, headers=h)).json()
+    rule = (
+        await http.post("/api/v1/rules", json={"document": rule_document(value, **extra)}, headers=h)
+    ).json()
     assert (await http.post(f"/api/v1/rules/{rule['id']}/publish", json={}, headers=h)).status_code == 200
     return t, rule["id"]
 
@@ -161,18 +164,36 @@ async def test_just_under_the_threshold_the_trace_says_why_not(
         samples = [(T0 + timedelta(seconds=10 * i), -10.2) for i in range(40)]
         await asyncio.to_thread(publish, mosquitto_server.port, t.id, samples)
 
+        engine = app.state.runtime.engine
+
+        async def evaluated() -> bool:
+            return engine.evaluations >= 40
+
+        await _wait(evaluated)
+        await engine.flush()
+        traces = (
+            await http.get(f"/api/v1/rules/{rule_id}/traces", params={"limit": 500}, headers=t.headers)
+        ).json()
+        # One trace: the outcome never changed (trace mode "changes"), and it says why.
+        assert [tr["outcome"] for tr in traces] == ["false"]
+        step = next(s for s in traces[0]["steps"] if s["path"] == "if/0/0")
+        assert step["detail"] == "temp -10.2 > -10 is false" and step["result"] is False
+        assert await _alarms(http, t) == []
+
+
+async def test_trace_mode_all_keeps_every_evaluation(
+    app: FastAPI, tenants: TenantFactory, mosquitto_server: MosquittoServer
+) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        t, rule_id = await _setup(http, tenants, trace="all")
+        samples = [(T0 + timedelta(seconds=10 * i), -10.2) for i in range(40)]
+        await asyncio.to_thread(publish, mosquitto_server.port, t.id, samples)
+
         async def evaluated() -> bool:
             r = await http.get(f"/api/v1/rules/{rule_id}/traces", params={"limit": 500}, headers=t.headers)
             return len(r.json()) == 40
 
         await _wait(evaluated)
-        traces = (
-            await http.get(f"/api/v1/rules/{rule_id}/traces", params={"limit": 500}, headers=t.headers)
-        ).json()
-        assert {tr["outcome"] for tr in traces} == {"false"}
-        step = next(s for s in traces[0]["steps"] if s["path"] == "if/0/0")
-        assert step["detail"] == "temp -10.2 > -10 is false" and step["result"] is False
-        assert await _alarms(http, t) == []
 
 
 async def test_restart_resumes_a_pending_duration_and_fires_exactly_once(

@@ -1,0 +1,170 @@
+"""Threshold banks: many threshold rules on one metric, evaluated only when a reading can flip them.
+
+The most common rule is "metric above (or below) a level", often with a second level to clear,
+and tenants have many of them on the same metric (one per store, per device, per severity). For a
+new value ``v`` of a device, such a rule can only change its outcome if it is not active and
+``v`` crosses its level, or it is active and ``v`` crosses its clear level. The bank keeps the
+rules of one (tenant, metric) sorted by level and, per device, the set of rules that are active,
+so a reading finds the rules it flips with a binary search plus a look at the active ones:
+O(log n + flips + active) instead of n evaluations. Those rules, and only those, then go through
+the normal evaluation (state, throttle, actions, trace), so behaviour is the same as evaluating
+every rule on every reading, minus the evaluations that could not change anything.
+
+Eligible: a rule whose triggers are all "telemetry received" on exactly the metric of its one
+condition, a ``telemetry.threshold``, that fires on change and traces changes only (ADR 0023).
+The first reading of a device for a bank (after start-up, or after a rule joined it) evaluates
+every rule of the bank that selects the device, which primes the active set from the rule state.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.compiler import CompiledRule
+from engine.document import FireMode, TraceMode
+from engine.evaluation import DeviceView
+from engine.nodes.conditions import ThresholdCondition
+from engine.nodes.triggers import TelemetryReceived
+
+
+@dataclass(slots=True)
+class _Entry:
+    rule: CompiledRule
+    condition: ThresholdCondition
+    generation: int
+
+    def clears(self, value: float) -> bool:
+        """Whether an active rule turns false at ``value``."""
+        o = self.condition.options
+        if o.operator == "above":
+            return value < o.clear_at if o.clear_at is not None else not value > o.value
+        return value > o.clear_at if o.clear_at is not None else not value < o.value
+
+
+@dataclass(slots=True)
+class _Bank:
+    """The banked rules of one (tenant, metric)."""
+
+    generation: int = 0
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    above: list[tuple[float, str]] = field(default_factory=list)  # (level, rule id), ascending
+    below: list[tuple[float, str]] = field(default_factory=list)
+
+
+def bankable(rule: CompiledRule) -> tuple[str, ThresholdCondition] | None:
+    """The metric and threshold of a rule the bank can take, or None."""
+    doc = rule.document
+    if doc.fire is not FireMode.ON_CHANGE or doc.trace is not TraceMode.CHANGES:
+        return None
+    if len(rule.conditions) != 1 or not isinstance(rule.conditions[0], ThresholdCondition):
+        return None
+    condition = rule.conditions[0]
+    metric = condition.options.metric
+    for trigger in rule.triggers:
+        if not isinstance(trigger, TelemetryReceived) or trigger.options.metrics != [metric]:
+            return None
+    return metric, condition
+
+
+class ThresholdBanks:
+    """Every bank of every tenant, and per (tenant, device, metric) the active rules."""
+
+    def __init__(self) -> None:
+        self._banks: dict[tuple[str, str], _Bank] = {}
+        self._where: dict[tuple[str, str], str] = {}  # (tenant, rule) -> metric
+        self._active: dict[tuple[str, str, str], set[str]] = {}
+        self._undecided: dict[tuple[str, str, str], set[str]] = {}
+        self._primed: dict[tuple[str, str, str], int] = {}
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._where
+
+    def put(self, rule: CompiledRule) -> bool:
+        """File the rule if it is eligible (True), replacing an older version."""
+        self.remove(rule.tenant_id, rule.rule_id)
+        found = bankable(rule)
+        if found is None:
+            return False
+        metric, condition = found
+        bank = self._banks.setdefault((rule.tenant_id, metric), _Bank())
+        bank.generation += 1
+        bank.entries[rule.rule_id] = _Entry(rule, condition, bank.generation)
+        side = bank.above if condition.options.operator == "above" else bank.below
+        bisect.insort(side, (condition.options.value, rule.rule_id))
+        self._where[(rule.tenant_id, rule.rule_id)] = metric
+        return True
+
+    def remove(self, tenant_id: str, rule_id: str) -> None:
+        """Take a rule out (disabled, deleted, replaced)."""
+        metric = self._where.pop((tenant_id, rule_id), None)
+        if metric is None:
+            return
+        bank = self._banks[(tenant_id, metric)]
+        entry = bank.entries.pop(rule_id)
+        side = bank.above if entry.condition.options.operator == "above" else bank.below
+        side.remove((entry.condition.options.value, rule_id))
+        if not bank.entries:
+            del self._banks[(tenant_id, metric)]
+
+    def has(self, tenant_id: str, metrics: Any) -> bool:
+        """Whether any bank of the tenant listens to one of these metrics."""
+        return any((tenant_id, m) in self._banks for m in metrics)
+
+    def candidates(self, tenant_id: str, device: DeviceView, metric: str, value: Any) -> list[CompiledRule]:
+        """The banked rules a new value of ``metric`` can flip for ``device``."""
+        bank = self._banks.get((tenant_id, metric))
+        if bank is None:
+            return []
+        key = (tenant_id, device.id, metric)
+        primed = self._primed.get(key, -1)
+        if primed < bank.generation:
+            # New to this device: evaluate them once, which records their outcome and state.
+            self._primed[key] = bank.generation
+            return [
+                e.rule
+                for e in bank.entries.values()
+                if e.generation > primed and e.rule.selects(device.id, device.type_id, device.labels)
+            ]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return []  # a threshold is undecided without a number: its outcome cannot change
+        v = float(value)
+        active = self._active.get(key, set())
+        crossed_up = bank.above[: bisect.bisect_left(bank.above, (v, ""))]  # levels below v
+        crossed_down = bank.below[bisect.bisect_right(bank.below, (v, "\uffff")) :]  # levels above v
+        ids = [rid for _, rid in crossed_up if rid not in active]
+        ids += [rid for _, rid in crossed_down if rid not in active]
+        ids += [rid for rid in active if rid in bank.entries and bank.entries[rid].clears(v)]
+        ids += [rid for rid in self._undecided.get(key, ()) if rid in bank.entries]
+        found = []
+        for rid in dict.fromkeys(ids):  # an undecided rule may also be among the crossed ones
+            rule = bank.entries[rid].rule
+            if rule.selects(device.id, device.type_id, device.labels):
+                found.append(rule)
+        return found
+
+    def observe(self, rule: CompiledRule, device_id: str, state: dict[str, Any]) -> None:
+        """After a banked rule was evaluated for a device: remember whether it is now active."""
+        metric = self._where.get((rule.tenant_id, rule.rule_id))
+        if metric is None:
+            return
+        entry = self._banks[(rule.tenant_id, metric)].entries[rule.rule_id]
+        key = (rule.tenant_id, device_id, metric)
+        node = state.get(entry.condition.path, {})
+        _mark(self._undecided, key, rule.rule_id, "active" not in node)
+        _mark(self._active, key, rule.rule_id, bool(node.get("active")))
+
+
+Key = tuple[str, str, str]  # tenant, device, metric
+
+
+def _mark(sets: dict[Key, set[str]], key: Key, rule_id: str, on: bool) -> None:
+    if on:
+        sets.setdefault(key, set()).add(rule_id)
+        return
+    found = sets.get(key)
+    if found is not None:
+        found.discard(rule_id)
+        if not found:
+            del sets[key]

@@ -1,0 +1,128 @@
+"""Threshold banks decide exactly what evaluating every rule on every reading decides."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from engine.banks import bankable
+from engine.compiler import CompiledRule, compile_rule
+from engine.document import RuleDocument
+from engine.evaluation import DeviceView, Event, EventKind
+from engine.index import RuleIndex
+from model.readings import MetricValue, Reading, Source
+from tests.unit.engine._rules import CONTEXT, T0
+
+DEVICES = [DeviceView(f"fz-{n}", "freezer", {"store": f"s{n % 3}"}, ZoneInfo("UTC")) for n in range(6)]
+
+
+def threshold_rule(n: int, rng: random.Random, **extra: Any) -> CompiledRule:
+    operator = rng.choice(["above", "below"])
+    level = round(rng.uniform(-20, 0), 1)
+    options: dict[str, Any] = {"metric": "temp", "operator": operator, "value": level}
+    if rng.random() < 0.5:
+        gap = round(rng.uniform(0.1, 3), 1)
+        options["clear_at"] = level - gap if operator == "above" else level + gap
+    selector: dict[str, Any] = {"type": "freezer"}
+    if rng.random() < 0.3:
+        selector["labels"] = {"store": f"s{rng.randrange(3)}"}
+    document = {
+        "name": f"r{n}",
+        "devices": selector,
+        "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
+        "if": [{"type": "telemetry.threshold", "options": options}],
+        "then": [{"type": "alarm.raise", "options": {"alarm_type": f"a{n}"}}],
+        "else": [{"type": "alarm.clear", "options": {"alarm_type": f"a{n}"}}],
+        **extra,
+    }
+    return compile_rule(RuleDocument.model_validate(document), CONTEXT, rule_id=f"r{n:03d}", version=1)
+
+
+def _run(rules: list[CompiledRule], stream: list[tuple[int, MetricValue]], *, banked: bool) -> list[Any]:
+    index = RuleIndex()
+    for rule in rules:
+        index.put(rule)
+    states: dict[tuple[str, str], dict[str, Any]] = {}
+    values: dict[str, dict[str, MetricValue]] = {}
+    decided = []
+    evaluations = 0
+    for i, (d, value) in enumerate(stream):
+        device = DEVICES[d]
+        at = T0 + timedelta(seconds=i)
+        reading = Reading("acme", device.id, at, {"temp": value}, Source("test", "bank"))
+        values.setdefault(device.id, {})["temp"] = value
+        event = Event(EventKind.READING, "acme", device.id, at, reading)
+        chosen = (
+            index.for_values("acme", device, reading.metrics)
+            if banked
+            else [r for r in rules if r.selects(device.id, device.type_id, device.labels)]
+        )
+        for rule in chosen:
+            state = states.setdefault((rule.rule_id, device.id), {})
+            decision = rule.evaluate(event, device, values[device.id], {}, state)
+            evaluations += 1
+            index.banks.observe(rule, device.id, state)
+            if decision is not None and (decision.fired or decision.cleared):
+                decided.append((i, rule.rule_id, device.id, decision.outcome))
+    return [sorted(decided), evaluations]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_banked_rules_fire_and_clear_exactly_as_evaluating_every_rule(seed: int) -> None:
+    rng = random.Random(seed)
+    rules = [threshold_rule(n, rng) for n in range(60)]
+    assert all(bankable(r) for r in rules)
+    # A random walk per device crossing many levels both ways, with now and then a value that
+    # is not a number (undecided).
+    level = {d: rng.uniform(-20, 0) for d in range(len(DEVICES))}
+    stream: list[tuple[int, MetricValue]] = []
+    for _ in range(3000):
+        d = rng.randrange(len(DEVICES))
+        level[d] = min(5.0, max(-25.0, level[d] + rng.gauss(0, 1.5)))
+        stream.append((d, "n/a" if rng.random() < 0.01 else round(level[d], 1)))
+    full, full_evaluations = _run(rules, stream, banked=False)
+    banked, banked_evaluations = _run(rules, stream, banked=True)
+    assert full and banked == full
+    assert banked_evaluations < full_evaluations / 3  # and most evaluations were skipped
+
+
+def test_only_rules_a_value_can_flip_are_returned() -> None:
+    rng = random.Random(1)
+    index = RuleIndex()
+    rules = [threshold_rule(n, rng) for n in range(200)]
+    for rule in rules:
+        index.put(rule)
+    device = DEVICES[0]
+    # The first reading primes: every rule that selects the device is evaluated once.
+    primed = index.for_values("acme", device, {"temp": -100.0})
+    assert {r.rule_id for r in primed} == {
+        r.rule_id for r in rules if r.selects(device.id, device.type_id, device.labels)
+    }
+    for rule in primed:
+        state: dict[str, Any] = {}
+        reading = Reading("acme", device.id, T0, {"temp": -100.0}, Source("test", "bank"))
+        event = Event(EventKind.READING, "acme", device.id, T0, reading)
+        assert rule.evaluate(event, device, {"temp": -100.0}, {}, state) is not None
+        index.banks.observe(rule, device.id, state)
+    # At -100 every "below" rule is active and no "above" rule is: -99 flips nothing.
+    assert index.for_values("acme", device, {"temp": -99.0}) == []
+    # +10 crosses every "above" level and every "below" rule's clear level.
+    assert {r.rule_id for r in index.for_values("acme", device, {"temp": 10.0})} == {
+        r.rule_id for r in primed
+    }
+
+
+def test_rules_the_bank_cannot_take_stay_in_the_ordinary_index() -> None:
+    rng = random.Random(2)
+    always = threshold_rule(1, rng, fire="always")
+    traced = threshold_rule(2, rng, trace="all")
+    assert bankable(always) is None and bankable(traced) is None
+    index = RuleIndex()
+    index.put(always)
+    index.put(traced)
+    assert len(index.for_values("acme", DEVICES[0], {"temp": -100.0})) == 2
+    assert len(index.for_values("acme", DEVICES[0], {"temp": -99.0})) == 2
