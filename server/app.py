@@ -16,6 +16,7 @@ from api.problems import install_problem_handlers
 from api.routers import health
 from api.v1 import build_v1_router
 from connectors.base import Connector
+from editor.app import mount_editor
 from engine.registry import REGISTRY, load_node_types
 from server.logs import install_redaction
 from server.runtime import Runtime
@@ -87,6 +88,11 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(build_v1_router())
+    mount_editor(
+        app,
+        secret_key=settings.ensure_secret_key(),
+        secure_cookies=(settings.public_url or "").startswith("https://"),
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     return app
