@@ -13,12 +13,14 @@ every rule on every reading, minus the evaluations that could not change anythin
 Eligible: a rule whose triggers are all "telemetry received" on exactly the metric of its one
 condition, a ``telemetry.threshold``, that fires on change and traces changes only (ADR 0023).
 The first reading of a device for a bank (after start-up, or after a rule joined it) evaluates
-every rule of the bank that selects the device, which primes the active set from the rule state.
+the rules of the bank that have a state for the device, which primes the active set from it, and
+those whose level the value crosses; a rule with no state for the device is inactive.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,11 @@ class _Entry:
     rule: CompiledRule
     condition: ThresholdCondition
     generation: int
+
+    def raises(self, value: float) -> bool:
+        """Whether an inactive rule turns true at ``value``."""
+        o = self.condition.options
+        return value > o.value if o.operator == "above" else value < o.value
 
     def clears(self, value: float) -> bool:
         """Whether an active rule turns false at ``value``."""
@@ -112,24 +119,41 @@ class ThresholdBanks:
         """Whether any bank of the tenant listens to one of these metrics."""
         return any((tenant_id, m) in self._banks for m in metrics)
 
-    def candidates(self, tenant_id: str, device: DeviceView, metric: str, value: Any) -> list[CompiledRule]:
-        """The banked rules a new value of ``metric`` can flip for ``device``."""
+    def candidates(
+        self,
+        tenant_id: str,
+        device: DeviceView,
+        metric: str,
+        value: Any,
+        known: Callable[[str], bool] = lambda _rule_id: True,
+    ) -> list[CompiledRule]:
+        """The banked rules a new value of ``metric`` can flip for ``device``.
+
+        ``known(rule_id)`` says whether the device has a state for that rule (stored or in
+        memory); without one, a rule is inactive.
+        """
         bank = self._banks.get((tenant_id, metric))
         if bank is None:
             return []
         key = (tenant_id, device.id, metric)
+        number = None if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
         primed = self._primed.get(key, -1)
         if primed < bank.generation:
-            # New to this device: evaluate them once, which records their outcome and state.
+            # New to this device: the rules with a stored state are evaluated once, which primes
+            # the active set from it; a rule with no state is inactive, so it needs evaluating
+            # only if this value crosses its level (a tenant's 1,000 rules on a new device cost
+            # 1,000 comparisons, not 1,000 evaluations and traces).
             self._primed[key] = bank.generation
             return [
                 e.rule
                 for e in bank.entries.values()
-                if e.generation > primed and e.rule.selects(device.id, device.type_id, device.labels)
+                if e.generation > primed
+                and (known(e.rule.rule_id) or (number is not None and e.raises(number)))
+                and e.rule.selects(device.id, device.type_id, device.labels)
             ]
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if number is None:
             return []  # a threshold is undecided without a number: its outcome cannot change
-        v = float(value)
+        v = number
         active = self._active.get(key, set())
         crossed_up = bank.above[: bisect.bisect_left(bank.above, (v, ""))]  # levels below v
         crossed_down = bank.below[bisect.bisect_right(bank.below, (v, "\uffff")) :]  # levels above v

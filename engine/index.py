@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from engine.banks import ThresholdBanks
 from engine.compiler import CompiledRule
@@ -108,12 +108,19 @@ class RuleIndex:
         return self.banks.has(tenant_id, metrics)
 
     def for_values(
-        self, tenant_id: str, device: DeviceView, values: Mapping[str, object]
+        self,
+        tenant_id: str,
+        device: DeviceView,
+        values: Mapping[str, object],
+        known: Callable[[str], bool] = lambda _rule_id: True,
     ) -> list[CompiledRule]:
-        """``for_device`` plus the banked threshold rules these values can flip, each once."""
+        """``for_device`` plus the banked threshold rules these values can flip, each once.
+
+        ``known(rule_id)``: whether the device has a state for the rule (see ThresholdBanks).
+        """
         found = self.for_device(tenant_id, device, values)
         for metric, value in values.items():
-            found.extend(self.banks.candidates(tenant_id, device, metric, value))
+            found.extend(self.banks.candidates(tenant_id, device, metric, value, known))
         return found
 
     def for_device(self, tenant_id: str, device: DeviceView, metrics: Iterable[str]) -> list[CompiledRule]:

@@ -223,8 +223,13 @@ class RuleEngine:
             return []
         # Only the rules whose selector can pick this device (by id, label or type), not every
         # rule of the tenant that triggers on the metric.
-        # Threshold rules in banks come only when this reading's value can flip them.
-        rules = self.index.for_values(reading.tenant_id, device, reading.metrics)
+        # Threshold rules in banks come only when this reading's value can flip them; the
+        # device's stored states must be known to tell which are active.
+        await self._ensure_loaded(reading.tenant_id, device.id)
+        tenant_id, device_id, states = reading.tenant_id, device.id, self._states
+        rules = self.index.for_values(
+            tenant_id, device, reading.metrics, lambda rule_id: (tenant_id, rule_id, device_id) in states
+        )
         if reading.source.kind == DERIVED_SOURCE_KIND:
             # A derived metric never re-triggers the rule that wrote it (no loops).
             rules = [r for r in rules if r.rule_id != reading.source.instance]

@@ -125,7 +125,7 @@ class AlarmChanged(Trigger):
 class ScheduleOptions(Options):
     """A cron schedule (five fields: minute hour day month weekday) in a time zone."""
 
-    cron: str = Field(min_length=9, max_length=100, json_schema_extra={"widget": "cron"})
+    cron: str = Field(min_length=1, max_length=100, json_schema_extra={"widget": "cron"})
     timezone: str | None = Field(
         default=None, max_length=64, description="IANA time zone; the tenant's when absent."
     )

@@ -57,7 +57,7 @@ def _run(rules: list[CompiledRule], stream: list[tuple[int, MetricValue]], *, ba
         values.setdefault(device.id, {})["temp"] = value
         event = Event(EventKind.READING, "acme", device.id, at, reading)
         chosen = (
-            index.for_values("acme", device, reading.metrics)
+            index.for_values("acme", device, reading.metrics, lambda rule_id: (rule_id, device.id) in states)
             if banked
             else [r for r in rules if r.selects(device.id, device.type_id, device.labels)]
         )
@@ -97,7 +97,8 @@ def test_only_rules_a_value_can_flip_are_returned() -> None:
     for rule in rules:
         index.put(rule)
     device = DEVICES[0]
-    # The first reading primes: every rule that selects the device is evaluated once.
+    # A device seen for the first time, with a state for every rule (as after a restart): every
+    # rule that selects it is evaluated once, to learn which are active.
     primed = index.for_values("acme", device, {"temp": -100.0})
     assert {r.rule_id for r in primed} == {
         r.rule_id for r in rules if r.selects(device.id, device.type_id, device.labels)
@@ -126,3 +127,24 @@ def test_rules_the_bank_cannot_take_stay_in_the_ordinary_index() -> None:
     index.put(traced)
     assert len(index.for_values("acme", DEVICES[0], {"temp": -100.0})) == 2
     assert len(index.for_values("acme", DEVICES[0], {"temp": -99.0})) == 2
+
+
+def test_a_new_device_evaluates_only_the_rules_its_first_value_crosses() -> None:
+    rng = random.Random(3)
+    index = RuleIndex()
+    rules = [threshold_rule(n, rng) for n in range(200)]
+    for rule in rules:
+        index.put(rule)
+    device = DEVICES[1]
+    first = index.for_values("acme", device, {"temp": -10.0}, lambda _rule_id: False)
+    expected = [
+        r
+        for r in rules
+        if r.selects(device.id, device.type_id, device.labels)
+        and (
+            r.conditions[0].options.value < -10.0
+            if r.conditions[0].options.operator == "above"
+            else r.conditions[0].options.value > -10.0
+        )
+    ]
+    assert expected and sorted(r.rule_id for r in first) == sorted(r.rule_id for r in expected)
