@@ -9,6 +9,7 @@ from fastapi import Request
 
 from connectors.base import ReadingSink
 from model.errors import PlatformError
+from notifiers.service import NotificationService
 from pipeline.live import LiveHub
 from storage.database import Database
 from storage.telemetry.port import TelemetryStore
@@ -36,6 +37,7 @@ class ApiContext:
     on_bindings_changed: Callable[[set[str]], Awaitable[None]] | None = None
     on_rules_changed: Callable[[str, str], Awaitable[None]] | None = None
     allow_private_webhooks: bool = False
+    notifier: NotificationService | None = None
 
     async def rules_changed(self, tenant_id: str, rule_id: str) -> None:
         """Tell the engine that a rule was published, enabled, disabled or deleted."""
@@ -46,6 +48,12 @@ class ApiContext:
         """Tell the running connectors that device bindings of ``kinds`` changed."""
         if self.on_bindings_changed is not None and kinds:
             await self.on_bindings_changed(kinds)
+
+    def require_notifier(self) -> NotificationService:
+        """The notifications service, or 503 if this process has none."""
+        if self.notifier is None:
+            raise ServiceUnavailableError("notifications are not running in this process")
+        return self.notifier
 
     def require_telemetry(self) -> TelemetryStore:
         """The telemetry store, or 503 if this process has none."""

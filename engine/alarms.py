@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from model.errors import ConflictError, InvalidCursorError, InvalidInputError, NotFoundError
 from model.ids import new_id
+from notifiers.port import Notifier
 from storage.database import Database, TenantScope
 from storage.pagination import decode_cursor, encode_cursor
 from storage.tables import ALARM_ACTIVE, alarm_events, alarms
@@ -464,8 +465,9 @@ class AlarmService:
     ``alarm.clear`` calls; the API calls ``acknowledge``, ``clear``, ``get`` and ``list``.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, notifier: Notifier | None = None) -> None:
         self._database = database
+        self._notifier = notifier  # told about acknowledgements: they stop reminders and escalation
 
     async def raise_alarm(
         self,
@@ -505,7 +507,12 @@ class AlarmService:
         """Acknowledge; idempotent (the first acknowledgement's who and when are kept)."""
         when = _aware(at, "at") if at is not None else utcnow()
         async with self._database.tenant(tenant_id) as scope:
-            return await self._repo(scope).acknowledge(alarm_id, by=by, at=when)
+            alarm = await self._repo(scope).acknowledge(alarm_id, by=by, at=when)
+        if self._notifier is not None and alarm.active:
+            await self._notifier.alarm_acknowledged(
+                tenant_id, alarm.rule_id, alarm.device_id, alarm.alarm_type, alarm.acknowledged_at or when
+            )
+        return alarm
 
     async def clear(
         self, tenant_id: str, alarm_id: str, *, by: str | None, at: datetime | None = None

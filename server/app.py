@@ -82,6 +82,7 @@ def create_app(
         on_bindings_changed=runtime.reload_bindings,
         on_rules_changed=runtime.engine.reload,
         allow_private_webhooks=settings.allow_private_webhooks,
+        notifier=runtime.notifier,
     )
     app.state.runtime = runtime
     app.state.metrics_registry = registry

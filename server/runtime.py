@@ -18,6 +18,10 @@ from engine.alarms import AlarmService
 from engine.executors import ActionExecutor
 from engine.runner import RuleEngine
 from model.errors import PlatformError
+from notifiers.delivery import DeliverySettings
+from notifiers.metrics import NotifyMetrics
+from notifiers.sealing import UrlSealer
+from notifiers.service import NotificationService
 from pipeline.bus import ReadingBus
 from pipeline.deadletters import DeadLetterRecorder
 from pipeline.ingest import Ingestor
@@ -104,6 +108,28 @@ def build_connectors(settings: Settings, bus: ReadingBus, database: Database) ->
     return connectors
 
 
+def build_notifier(
+    settings: Settings, database: Database, registry: CollectorRegistry
+) -> NotificationService:
+    """The notifications service: channels sealed with the notify keys, delivery per the settings."""
+    keys = settings.notify_keys.get_secret_value() if settings.notify_keys else None
+    return NotificationService(
+        database,
+        UrlSealer.from_setting(keys, settings.ensure_secret_key()),
+        settings=DeliverySettings(
+            max_attempts=settings.notify_max_attempts,
+            backoff_base_s=settings.notify_backoff_s,
+            attempt_timeout_s=settings.notify_attempt_timeout_s,
+            queue_size=settings.notify_queue_size,
+            threads=settings.notify_threads,
+            allow_private=settings.allow_private_webhooks,
+        ),
+        metrics=NotifyMetrics(registry),
+        log_keep=settings.notify_log_keep,
+        public_url=settings.public_url,
+    )
+
+
 @dataclass
 class Runtime:
     """Every long-lived part of one flatgigs process."""
@@ -119,6 +145,7 @@ class Runtime:
     catalogue: RegistryCatalogue
     supervisor: ConnectorSupervisor
     engine: RuleEngine
+    notifier: NotificationService | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -144,8 +171,10 @@ class Runtime:
         supervisor = ConnectorSupervisor(
             connectors if connectors is not None else build_connectors(settings, bus, database)
         )
+        notifier = build_notifier(settings, database, registry)
         executor = ActionExecutor(
-            alarms=AlarmService(database),
+            alarms=AlarmService(database, notifier=notifier),
+            notifier=notifier,
             publisher=build_publisher(settings),
             sink=bus,
             allow_private_webhooks=settings.allow_private_webhooks,
@@ -164,7 +193,18 @@ class Runtime:
 
         ingestor.status_consumers.append(on_status)
         return cls(
-            settings, database, registry, store, bus, hub, recorder, ingestor, catalogue, supervisor, engine
+            settings,
+            database,
+            registry,
+            store,
+            bus,
+            hub,
+            recorder,
+            ingestor,
+            catalogue,
+            supervisor,
+            engine,
+            notifier=notifier,
         )
 
     async def reload_bindings(self, kinds: set[str] | None = None) -> None:
@@ -198,6 +238,7 @@ class Runtime:
             ("status-publisher", self.ingestor.run_status_publisher()),
             ("dead-letters", self.recorder.run()),
             ("connectors", self.supervisor.run()),
+            *((("notifications", self.notifier.run()),) if self.notifier else ()),
         ):
             self._tasks.append(asyncio.create_task(work, name=name))
         if self.settings.load_bindings:

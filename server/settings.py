@@ -72,6 +72,22 @@ class Settings(BaseSettings):
     allow_private_webhooks: bool = Field(
         default=False, description="Let rules call webhooks on loopback and private addresses."
     )
+    notify_keys: SecretStr | None = Field(
+        default=None,
+        description="Fernet keys sealing notification channel URLs, comma-separated, newest first "
+        "(rotate: put a new key first, run `flatgigs notifications rotate-keys`, drop the old one). "
+        "Default: one key derived from the secret key.",
+    )
+    notify_max_attempts: int = Field(default=5, ge=1, le=20, description="Delivery attempts per channel.")
+    notify_backoff_s: float = Field(
+        default=2.0, gt=0, le=600, description="First retry delay; doubles per attempt, with jitter."
+    )
+    notify_attempt_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    notify_queue_size: int = Field(default=1_000, ge=1, le=1_000_000, description="Deliveries per channel.")
+    notify_threads: int = Field(default=16, ge=1, le=256, description="Threads sending notifications.")
+    notify_log_keep: int = Field(
+        default=10_000, ge=100, le=10_000_000, description="Delivery log records kept per tenant."
+    )
     load_bindings: bool = Field(
         default=True, description="Poll/subscribe to bound devices (Modbus, OPC-UA) in this process."
     )

@@ -142,7 +142,8 @@ async def acknowledge_alarm(
 ) -> AlarmOut:
     """Record that someone has seen the alarm (active or cleared). Idempotent: acknowledging again
     keeps the first acknowledgement's time and author."""
-    service = AlarmService(api_context(request).database)
+    ctx = api_context(request)
+    service = AlarmService(ctx.database, notifier=ctx.notifier)
     return _out(await service.acknowledge(principal.tenant, alarm_id, by=_actor(principal)))
 
 
