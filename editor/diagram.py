@@ -15,10 +15,10 @@ from editor.draft import SECTIONS, group_op
 from editor.forms import format_duration
 from engine.registry import REGISTRY
 
-BOX_W = 190
+BOX_W = 168
 BOX_H = 44
 GAP_Y = 14
-COL_GAP = 46
+COL_GAP = 34
 INDENT = 14
 TOP = 30
 
@@ -67,7 +67,7 @@ class Diagram:
     headings: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _short(text: str, limit: int = 30) -> str:
+def _short(text: str, limit: int = 27) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -18,7 +18,7 @@ from storage.tenancy import TenantRepository
 
 router = APIRouter(route_class=EditorRoute)
 RANGES = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7)}
-MAX_DEVICES = 100
+MAX_DEVICES = 500
 
 
 def levels(doc: dict[str, Any], metric: str) -> list[tuple[float, str, str]]:

@@ -1,0 +1,207 @@
+"""Olivia's day in the editor, in Debian's Chromium, against a running service fed by the simulator:
+sign in, build the freezer rule with clicks and typing only, meet an expression error and its
+suggestion, backtest it and see the firings on the chart, publish, watch the alarm appear live,
+acknowledge it, and restore the earlier version."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser.conftest import FAILING_FREEZER, Service, only_loopback
+
+pytestmark = pytest.mark.browser
+
+RULE = "Freezer too warm (north)"
+
+
+def shot(page: Page, artifacts: Path, name: str) -> Path:
+    path = artifacts / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def node(page: Page, path: str) -> object:
+    return page.locator(f'section.node[data-path="{path}"]')
+
+
+def field(page: Page, path: str, option: str) -> object:
+    return page.locator(f'[name="o|{path}|{option}"]')
+
+
+def add(page: Page, section: str, choice: str, parent: str = "", expect_path: str = "") -> None:
+    """Pick a node type in a palette and press its Add button; wait for the node to appear."""
+    select_id = f"new-{section}-{parent.replace('/', '-')}"
+    page.locator(f"#{select_id}").select_option(choice)
+    op = f"add|{section}|{parent}" if section == "if" else f"add|{section}"
+    page.locator(f'button[name="op"][value="{op}"]').click()
+    if expect_path:
+        expect(page.locator(f'section.node[data-path="{expect_path}"]')).to_be_visible()
+
+
+def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
+    chromium: Browser, service: Service, artifacts: Path
+) -> None:
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+
+    # 1. Sign in.
+    page.goto(f"{service.base}/app/login")
+    page.get_by_label("Tenant").fill(service.tenant)
+    page.get_by_label("Email").fill(service.email)
+    page.get_by_label("Password").fill(service.password)
+    shot(page, artifacts, "01-sign-in")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/app/rules$"))
+    expect(page.locator("header .tenant")).to_contain_text(service.tenant)
+    shot(page, artifacts, "02-rules")
+
+    # 2. A new rule: name, devices (live count), trigger.
+    page.get_by_role("link", name="New rule").click()
+    page.get_by_label("Name").fill(RULE)
+    page.get_by_label("Device type").select_option("freezer")
+    page.get_by_label("Labels").fill("region=north")
+    expect(page.locator("#devcount")).to_have_text("120 devices match")
+    node(page, "when/0").get_by_label("temp").check()
+
+    # 3. An expression with a typo: the error sits on the field, with a suggestion.
+    add(page, "if", "expression", expect_path="if/0")
+    field(page, "if/0", "expression").fill("tmp > -10")
+    expect(page.locator("#f-o-if-0-expression-err")).to_contain_text("Did you mean “temp”?")
+    expect(page.locator('#diagram g.err[data-path="if/0"]')).to_be_visible()
+    shot(page, artifacts, "03-expression-error")
+    page.get_by_role("button", name="Remove Expression (if/0)").click()
+    expect(node(page, "if/0")).to_have_count(0)
+
+    # 4. "stays above -10 °C for 5 minutes ... clear below -12 °C for 2 minutes".
+    add(page, "if", "duration", expect_path="if/0")
+    field(page, "if/0", "seconds").fill("5m")
+    field(page, "if/0", "clear_seconds").fill("2m")
+    add(page, "if", "telemetry.threshold", parent="if/0", expect_path="if/0/0")
+    field(page, "if/0/0", "metric").select_option("temp")
+    field(page, "if/0/0", "operator").select_option("above")
+    field(page, "if/0/0", "value").fill("-10")
+    field(page, "if/0/0", "clear_at").fill("-12")
+
+    # 5. Actions: a major alarm, the night shift and the regional team; clear when it clears.
+    add(page, "then", "alarm.raise", expect_path="then/0")
+    field(page, "then/0", "alarm_type").fill("freezer-warm")
+    field(page, "then/0", "severity").select_option("major")
+    field(page, "then/0", "message").fill("{{ device.id }} is above -10 °C")
+    add(page, "then", "notify", expect_path="then/1")
+    field(page, "then/1", "channels").fill("night-shift, regional-slack")
+    add(page, "else", "alarm.clear", expect_path="else/0")
+    field(page, "else/0", "alarm_type").fill("freezer-warm")
+    expect(page.locator("#problems")).to_contain_text("No problems")
+    expect(page.locator('#diagram g[data-path="if/0/0"]')).to_contain_text("temp above -10")
+    shot(page, artifacts, "04-builder")
+    page.locator("section.card.sticky").screenshot(path=str(artifacts / "editor-flow.png"))
+    page.get_by_label("Comment for this version").fill("Olivia's freezer rule")
+    page.get_by_role("button", name="Save draft").click()
+    expect(page.locator("#flash")).to_have_text("Saved version 1.")
+    rule_url = page.url.split("?")[0]
+
+    # 6. Backtest over the last day: the failed compressor fired it.
+    page.get_by_label("Range").select_option("1d")
+    page.get_by_role("button", name="Run backtest").click()
+    expect(page.locator("#backtest-chart")).to_be_visible(timeout=120_000)
+    assert page.locator("#backtest-chart .mark-fired").count() >= 1
+    assert int(page.locator("#bt-fired").inner_text()) >= 1
+    page.locator("#backtest-report").scroll_into_view_if_needed()
+    shot(page, artifacts, "05-backtest")
+    page.locator("#backtest-report").screenshot(path=str(artifacts / "editor-backtest.png"))
+
+    # 7. Publish version 1.
+    page.get_by_role("button", name="Publish v1").click()
+    expect(page.locator("#flash")).to_contain_text("Published version 1")
+
+    # 8. For the demo, a 20 s version (so the live alarm comes within a test's patience).
+    field(page, "if/0", "seconds").fill("20s")
+    page.get_by_label("Comment for this version").fill("demo: 20 seconds")
+    page.get_by_role("button", name="Save draft").click()
+    expect(page.locator("#flash")).to_have_text("Saved version 2.")
+    page.get_by_role("button", name="Publish v2").click()
+    expect(page.locator("#flash")).to_contain_text("Published version 2")
+    expect(page.locator("#traces details.trace").first).to_be_visible(timeout=60_000)
+
+    # 9. The alarm appears live on the alarms page, raised by the running engine.
+    page.get_by_role("link", name="Alarms").click()
+    row = page.locator(f'#alarm-rows tr[data-device="{FAILING_FREEZER}"]')
+    expect(row).to_be_visible(timeout=120_000)
+    expect(row).to_contain_text("freezer-warm")
+    expect(row).to_contain_text("unacknowledged")
+    shot(page, artifacts, "06-alarm-live")
+
+    # 10. Acknowledge it.
+    row.get_by_role("button", name=re.compile("^Acknowledge")).click()
+    expect(row.locator("td.state")).to_have_text("acknowledged")
+    shot(page, artifacts, "07-acknowledged")
+
+    # 11. Restore Olivia's 5-minute version and publish it again.
+    page.goto(rule_url)
+    page.get_by_role("button", name="Restore version 1").click()
+    expect(page.locator("#flash")).to_contain_text("Restored version 1 as version 3")
+    expect(field(page, "if/0", "seconds")).to_have_value("5m")
+    page.get_by_role("button", name="Publish v3").click()
+    expect(page.locator("#flash")).to_contain_text("Published version 3")
+    shot(page, artifacts, "08-restored")
+    context.close()
+
+
+def test_keyboard_only_labels_everywhere_and_readable_at_360px(
+    chromium: Browser, service: Service, artifacts: Path
+) -> None:
+    context = chromium.new_context(viewport={"width": 360, "height": 740})
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    page.goto(f"{service.base}/app/login")
+    # Keyboard only: Tab through the form, type, press Enter.
+    for _ in range(5):  # past the skip link and the brand link
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.id") == "tenant":
+            break
+    expect(page.get_by_label("Tenant")).to_be_focused()
+    page.keyboard.type(service.tenant)
+    page.keyboard.press("Tab")
+    page.keyboard.type(service.email)
+    page.keyboard.press("Tab")
+    page.keyboard.type(service.password)
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/app/rules$"))
+    page.goto(f"{service.base}/app/rules/new")
+    expect(page.get_by_label("Name")).to_be_focused()  # autofocus on an empty rule's name
+    page.keyboard.type("Keyboard rule")
+    palette = page.locator("#new-if-")
+    palette.focus()
+    page.keyboard.press("End")  # the last condition type in the list
+    last = palette.locator("option").last.get_attribute("value")
+    page.keyboard.press("Tab")
+    expect(page.locator('button[name="op"][value="add|if|"]')).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(node(page, "if/0")).to_be_visible()
+    assert node(page, "if/0").get_attribute("data-path") == "if/0"
+    assert last is not None
+    for url in (
+        "/app/rules",
+        "/app/rules/new",
+        "/app/alarms",
+        "/app/devices",
+        f"/app/devices/{FAILING_FREEZER}",
+    ):
+        page.goto(f"{service.base}{url}")
+        unlabelled = page.evaluate(
+            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                 .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+                 .map(e => e.name || e.id)"""
+        )
+        assert unlabelled == [], (url, unlabelled)
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, (url, overflow)
+        shot(page, artifacts, "360px-" + url.strip("/").replace("/", "-"))
+    context.close()
