@@ -13,6 +13,7 @@ from api.routers import (
     devices,
     ingest,
     live,
+    notifications,
     rules,
     telemetry,
     tenants,
@@ -40,6 +41,7 @@ def build_v1_router() -> APIRouter:
         live,
         rules,
         alarms,
+        notifications,
     ):
         router.include_router(module.router)
     return router

@@ -92,7 +92,7 @@ class TestOut(BaseModel):
     results: list[TestResultOut]
 
 
-class TokenOut(BaseModel):
+class ChannelFieldOut(BaseModel):
     """One field of a channel kind, as Apprise describes it."""
 
     name: str
@@ -111,8 +111,8 @@ class ChannelKindOut(BaseModel):
     schemes: list[str]
     setup_url: str | None
     templates: list[str]
-    tokens: list[TokenOut]
-    args: list[TokenOut]
+    tokens: list[ChannelFieldOut]
+    args: list[ChannelFieldOut]
 
 
 class PreviewIn(RequestBody):

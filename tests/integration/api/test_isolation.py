@@ -59,6 +59,7 @@ from engine.alarms import AlarmService
 from model.readings import Source
 from model.rejections import Rejection, RejectReason
 from model.scopes import ALL_SCOPES
+from notifiers.deliveries import DeliveryLog, DeliveryRecord, DeliveryStatus
 from server.app import create_app
 from server.settings import load_settings
 from storage.database import Database
@@ -93,6 +94,8 @@ PARAM_KEYS = {
     "alarm_id": "alarm",
     "rule_id": "rule",
     "version": "rule_version",
+    "channel_id": "channel",
+    "delivery_id": "delivery",
 }
 
 
@@ -359,6 +362,11 @@ async def seed(
     async with database.tenant(tid) as scope:
         await DeadLetterRepository(scope).add([rejection])
         (letter,) = await DeadLetterRepository(scope).list(limit=1)
+    channels = f"{API}/notifications/channels"
+    channel = await created(client, channels, headers, channel_body(f"channel-of-{tid}", tid))
+    spare_channel = await created(client, channels, headers, channel_body(f"spare-of-{tid}", tid))
+    delivery = await dead_delivery(database, tid, channel)
+    spare_delivery = await dead_delivery(database, tid, spare_channel)
     # An alarm on the tenant's device (the device id carries the tenant id, so a leak shows).
     alarm, _ = await AlarmService(database).raise_alarm(
         tid, "rul_seeded", device, "too-warm", "major", f"seeded for {tid}", utcnow()
@@ -376,8 +384,44 @@ async def seed(
         "alarm": alarm.id,
         "rule": rule,
         "rule_version": str(versions),
+        "channel": channel["id"],
+        "delivery": delivery,
+        "spare_delivery": spare_delivery,
     }
     return Seeded(handle, ids)
+
+
+def channel_body(name: str, tenant_id: str) -> dict[str, Any]:
+    """A channel to a public webhook name (never resolvable here: a test send fails at once)."""
+    return {"name": name, "urls": [f"json://hooks.example.com/{tenant_id}"], "description": tenant_id}
+
+
+async def dead_delivery(database: Database, tenant_id: str, channel: dict[str, Any]) -> str:
+    """A notification dead letter of ``channel`` (its name carries the tenant id, so a leak shows)."""
+    now = utcnow()
+    record = DeliveryRecord(
+        id=f"ntf_{secrets.token_hex(8)}",
+        tenant_id=tenant_id,
+        channel_id=channel["id"],
+        channel_name=channel["name"],
+        rule_id="rul_seeded",
+        device_id=None,
+        alarm_type="too-warm",
+        severity="major",
+        kind="fired",
+        dedup_key=None,
+        title=f"seeded for {tenant_id}",
+        body="",
+        status=DeliveryStatus.DEAD,
+        attempts=5,
+        last_error="seeded",
+        resent=0,
+        created_at=now,
+        updated_at=now,
+    )
+    async with database.tenant(tenant_id) as scope:
+        await DeliveryLog(scope, database.dialect).upsert([record])
+    return record.id
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -501,6 +545,30 @@ def alarm_filters(w: World) -> list[dict[str, str]]:
     ]
 
 
+def new_channel(_: World) -> dict[str, Any]:
+    return {"name": f"chan-{suffix()}", "urls": ["json://hooks.example.com/new"]}
+
+
+def describe_channel(_: World) -> dict[str, Any]:
+    return {"description": "Renamed"}
+
+
+def channel_test_body(_: World) -> dict[str, Any]:
+    return {"title": "isolation test"}
+
+
+def template_preview(_: World) -> dict[str, Any]:
+    return {"title": "{{ device.id }} too warm", "body": "{{ values.temp }}"}
+
+
+def policy_body(_: World) -> dict[str, Any]:
+    return {"throttle_s": 120}
+
+
+def delivery_filters(w: World) -> list[dict[str, str]]:
+    return [{"channel": w.foreign.ids["channel"]}, {"status": "dead"}, {"limit": "1"}]
+
+
 # A fixed range: the default one ends "now", which would make two reads differ.
 SERIES_QUERY = {"metric": "temp", "start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}
 
@@ -599,6 +667,40 @@ ROUTES: dict[tuple[str, str], Route] = {
     # Take no body: one naming another tenant is ignored.
     ("POST", "/api/v1/rules/{rule_id}/enable"): Route("rules:write", 200, "rule", tenant_id_body=200),
     ("POST", "/api/v1/rules/{rule_id}/disable"): Route("rules:write", 200, "rule", tenant_id_body=200),
+    # Notifications. The test send goes to an unresolvable public name: 200 with ok false.
+    ("GET", "/api/v1/notifications/channels"): Route("channels:read", 200, "channel", lists=True),
+    ("POST", "/api/v1/notifications/channels"): Route("channels:write", 201, "channel", body=new_channel),
+    ("GET", "/api/v1/notifications/channels/{channel_id}"): Route("channels:read", 200, "channel"),
+    ("PATCH", "/api/v1/notifications/channels/{channel_id}"): Route(
+        "channels:write", 200, "channel", body=describe_channel
+    ),
+    ("DELETE", "/api/v1/notifications/channels/{channel_id}"): Route(
+        "channels:write", 204, "channel", fresh=True
+    ),
+    ("POST", "/api/v1/notifications/channels/{channel_id}/test"): Route(
+        "channels:write", 200, "channel", body=channel_test_body
+    ),
+    ("GET", "/api/v1/notifications/channel-kinds"): Route("channels:read", 200, "channel"),
+    ("POST", "/api/v1/notifications/templates/preview"): Route(
+        "channels:read", 200, "channel", body=template_preview
+    ),
+    ("GET", "/api/v1/notifications/deliveries"): Route(
+        "channels:read", 200, "delivery", lists=True, filters=delivery_filters
+    ),
+    ("GET", "/api/v1/notifications/deliveries/{delivery_id}"): Route("channels:read", 200, "delivery"),
+    ("GET", "/api/v1/notifications/dead-letters"): Route("channels:read", 200, "delivery", lists=True),
+    # Re-sends a fresh dead letter of a spare channel (the "delivery" state only shows the seeded
+    # channel's log, which background re-sends never touch). Takes no body.
+    ("POST", "/api/v1/notifications/dead-letters/{delivery_id}/resend"): Route(
+        "channels:write",
+        202,
+        "delivery",
+        overrides={"delivery_id": "spare_delivery"},
+        fresh=True,
+        tenant_id_body=202,
+    ),
+    ("GET", "/api/v1/notifications/policy"): Route("channels:read", 200, "policy"),
+    ("PUT", "/api/v1/notifications/policy"): Route("channels:write", 200, "policy", body=policy_body),
 }
 
 # How to read a tenant's data of each kind (the "tenant" kind is the operator's list of tenants).
@@ -613,6 +715,9 @@ KIND_STATE: dict[str, Callable[[Seeded], tuple[str, dict[str, str]]]] = {
     "binding": lambda s: (f"{API}/devices/{s.ids['device']}/binding", {}),
     "alarm": lambda s: (f"{API}/alarms", {"limit": "500"}),
     "rule": lambda s: (f"{API}/rules", {}),
+    "channel": lambda s: (f"{API}/notifications/channels", {}),
+    "delivery": lambda s: (f"{API}/notifications/deliveries", {"channel": s.ids["channel"]}),
+    "policy": lambda s: (f"{API}/notifications/policy", {}),
 }
 
 
@@ -809,6 +914,16 @@ async def _fresh_bound_device(client: httpx.AsyncClient, w: World) -> str:
     return device
 
 
+async def _fresh_channel(client: httpx.AsyncClient, w: World) -> str:
+    return str((await created(client, f"{API}/notifications/channels", w.own.headers, new_channel(w)))["id"])
+
+
+async def _fresh_spare_delivery(client: httpx.AsyncClient, w: World) -> str:
+    path = f"{API}/notifications/channels"
+    spare = await created(client, path, w.own.headers, channel_body(f"spare-{suffix()}", w.own.id))
+    return await dead_delivery(w.factory.database, w.own.id, spare)
+
+
 FRESH: dict[str, Callable[[httpx.AsyncClient, World], Awaitable[str]]] = {
     "tenant": _fresh_tenant,
     "spare_device_type": _fresh_type,
@@ -818,6 +933,8 @@ FRESH: dict[str, Callable[[httpx.AsyncClient, World], Awaitable[str]]] = {
     "credential": _fresh_credential,
     "bound_device": _fresh_bound_device,
     "rule": _fresh_rule,
+    "channel": _fresh_channel,
+    "spare_delivery": _fresh_spare_delivery,
 }
 
 
