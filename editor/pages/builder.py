@@ -24,6 +24,7 @@ from editor.draft import (
     walk,
 )
 from editor.forms import FormContext, FormValues, dom_id, input_name
+from editor.pages.channels import channel_names
 from editor.selection import count_matching
 from editor.session import EditorUser
 from editor.web import PREFIX, Editor, EditorRoute, User, render, services
@@ -84,14 +85,14 @@ async def _types(scope: TenantScope) -> list[DeviceType]:
     return await DeviceTypeRepository(scope).list()
 
 
-def _form_context(doc: dict[str, Any], types: list[DeviceType], checked: Checked | None) -> FormContext:
+def _form_context(doc: dict[str, Any], types: list[DeviceType], channels: list[str]) -> FormContext:
     type_id = (doc.get("devices") or {}).get("type")
     metrics: dict[str, None] = {}
     for t in types:
         if not type_id or t.id == type_id:
             for m in t.metrics:
                 metrics.setdefault(m.name, None)
-    return FormContext(metrics=sorted(metrics))
+    return FormContext(metrics=sorted(metrics), channels=channels)
 
 
 async def _builder_context(
@@ -118,7 +119,7 @@ async def _builder_context(
         "base_version": base_version,
         "base": f"{PREFIX}/rules/{rule.id if rule else NEW}",
         "types": types,
-        "views": node_views(doc, _form_context(doc, types, checked)),
+        "views": node_views(doc, _form_context(doc, types, await channel_names(scope))),
         "palettes": {s: palette(s) for s in ("when", "if", "then")},
         "errors": errors,
         "checked": checked,
