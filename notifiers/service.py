@@ -213,7 +213,7 @@ class NotificationService:
             if record.status is not DeliveryStatus.DEAD:
                 raise ConflictError(
                     f"delivery {record_id!r} is {record.status.value}, only dead letters can be re-sent",
-                    status=record.status.value,
+                    delivery_status=record.status.value,
                 )
             if record.channel_id is None:
                 raise ConflictError(f"delivery {record_id!r} has no channel to re-send to")
