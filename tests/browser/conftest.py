@@ -22,6 +22,7 @@ import pytest
 
 from tests.harness.ports import free_port, wait_until
 from tests.harness.processes import ManagedProcess
+from tests.harness.receivers import HttpReceiver
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -73,7 +74,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("service")
     port = free_port()
     data = root / "data"
-    env = {**os.environ, "FLATGIGS_PORT": str(port), "FLATGIGS_DATA_DIR": str(data), "COLUMNS": "300"}
+    env = {
+        **os.environ,
+        "FLATGIGS_PORT": str(port),
+        "FLATGIGS_DATA_DIR": str(data),
+        "COLUMNS": "300",
+        "FLATGIGS_ALLOW_PRIVATE_WEBHOOKS": "true",  # the notification receiver is on 127.0.0.1
+    }
     server = ManagedProcess(
         "flatgigs-editor",
         [sys.executable, "-m", "server", "demo", "--no-simulate"],
@@ -114,6 +121,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         if simulator is not None:
             simulator.stop()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[HttpReceiver]:
+    """A real webhook endpoint the tenant's notification channels post to."""
+    with HttpReceiver() as hook:
+        yield hook
 
 
 @pytest.fixture(scope="module")

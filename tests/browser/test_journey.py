@@ -12,6 +12,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import FAILING_FREEZER, Service, only_loopback
+from tests.harness.ports import wait_until
+from tests.harness.receivers import HttpReceiver
 
 pytestmark = pytest.mark.browser
 
@@ -42,8 +44,24 @@ def add(page: Page, section: str, choice: str, parent: str = "", expect_path: st
         expect(page.locator(f'section.node[data-path="{expect_path}"]')).to_be_visible()
 
 
+def create_channel(page: Page, name: str, port: int) -> None:
+    """A JSON webhook channel to the test's receiver, through the kind's fields; then test it."""
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Kind").select_option("JSON")
+    page.get_by_label("URL form").select_option(label="{schema}://{host}:{port}")
+    expect(page.locator("#t-port")).to_be_visible()
+    page.locator("#t-schema").select_option("json")
+    page.get_by_label("Hostname").fill("127.0.0.1")
+    page.get_by_label("Port").fill(str(port))
+    page.get_by_role("button", name="Create channel").click()
+    expect(page.locator("#flash")).to_have_text(f"Channel {name} created.")
+    page.wait_for_load_state("load")
+    page.get_by_role("button", name=f"Test {name}").click()
+    expect(page.locator(f"#channel-{name} [role=status]")).to_contain_text("delivered")
+
+
 def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
-    chromium: Browser, service: Service, artifacts: Path
+    chromium: Browser, service: Service, artifacts: Path, receiver: HttpReceiver
 ) -> None:
     context = chromium.new_context(viewport={"width": 1280, "height": 900})
     context.route("**/*", only_loopback)
@@ -58,11 +76,23 @@ def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
     shot(page, artifacts, "01-sign-in")
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(re.compile(r"/app/rules$"))
+    page.wait_for_load_state("load")
     expect(page.locator("header .tenant")).to_contain_text(service.tenant)
     shot(page, artifacts, "02-rules")
 
-    # 2. A new rule: name, devices (live count), trigger.
+    # 2. Her channels: the night shift and the regional team (webhooks to a real receiver here).
+    page.get_by_role("link", name="Channels").click()
+    page.wait_for_load_state("load")
+    create_channel(page, "night-shift", receiver.port)
+    create_channel(page, "regional-team", receiver.port)
+    assert len(receiver.ok_hits()) == 2  # one test message each
+    shot(page, artifacts, "02b-channels")
+
+    # A new rule: name, devices (live count), trigger.
+    page.get_by_role("link", name="Rules").click()
+    page.wait_for_load_state("load")
     page.get_by_role("link", name="New rule").click()
+    page.wait_for_load_state("load")
     page.get_by_label("Name").fill(RULE)
     page.get_by_label("Device type").select_option("freezer")
     page.get_by_label("Labels").fill("region=north")
@@ -94,7 +124,9 @@ def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
     field(page, "then/0", "severity").select_option("major")
     field(page, "then/0", "message").fill("{{ device.id }} is above -10 °C")
     add(page, "then", "notify", expect_path="then/1")
-    field(page, "then/1", "channels").fill("night-shift, regional-slack")
+    node(page, "then/1").get_by_label("night-shift").check()
+    node(page, "then/1").get_by_label("regional-team").check()
+    field(page, "then/1", "body").fill("{{ device.id }} is warm")
     add(page, "else", "alarm.clear", expect_path="else/0")
     field(page, "else/0", "alarm_type").fill("freezer-warm")
     expect(page.locator("#problems")).to_contain_text("No problems")
@@ -104,6 +136,7 @@ def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
     page.get_by_label("Comment for this version").fill("Olivia's freezer rule")
     page.get_by_role("button", name="Save draft").click()
     expect(page.locator("#flash")).to_have_text("Saved version 1.")
+    page.wait_for_load_state("load")
     rule_url = page.url.split("?")[0]
 
     # 6. Backtest over the last day: the failed compressor fired it.
@@ -119,23 +152,37 @@ def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
     # 7. Publish version 1.
     page.get_by_role("button", name="Publish v1").click()
     expect(page.locator("#flash")).to_contain_text("Published version 1")
+    page.wait_for_load_state("load")
 
     # 8. For the demo, a 20 s version (so the live alarm comes within a test's patience).
     field(page, "if/0", "seconds").fill("20s")
     page.get_by_label("Comment for this version").fill("demo: 20 seconds")
     page.get_by_role("button", name="Save draft").click()
     expect(page.locator("#flash")).to_have_text("Saved version 2.")
+    page.wait_for_load_state("load")
     page.get_by_role("button", name="Publish v2").click()
     expect(page.locator("#flash")).to_contain_text("Published version 2")
-    expect(page.locator("#traces details.trace").first).to_be_visible(timeout=60_000)
+    page.wait_for_load_state("load")
+    trace = page.locator("#traces details.trace").first
+    expect(trace).to_be_visible(timeout=60_000)
+    trace.locator("summary").click()  # expand: why it fired or not, step by step
+    trace.locator("a[title^='Show']").first.click()  # the step's node, highlighted on the diagram
+    expect(page.locator("#diagram g.hl")).to_have_count(1)
 
     # 9. The alarm appears live on the alarms page, raised by the running engine.
     page.get_by_role("link", name="Alarms").click()
+    page.wait_for_load_state("load")
     row = page.locator(f'#alarm-rows tr[data-device="{FAILING_FREEZER}"]')
     expect(row).to_be_visible(timeout=120_000)
     expect(row).to_contain_text("freezer-warm")
     expect(row).to_contain_text("unacknowledged")
     shot(page, artifacts, "06-alarm-live")
+    # The running engine notified both channels about it (the receiver got real webhooks).
+    wait_until(
+        lambda: len([h for h in receiver.ok_hits() if FAILING_FREEZER.encode() in h.body]) >= 2,
+        60,
+        "a notification about the warm freezer on each channel",
+    )
 
     # 10. Acknowledge it.
     row.get_by_role("button", name=re.compile("^Acknowledge")).click()
@@ -146,9 +193,11 @@ def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
     page.goto(rule_url)
     page.get_by_role("button", name="Restore version 1").click()
     expect(page.locator("#flash")).to_contain_text("Restored version 1 as version 3")
+    page.wait_for_load_state("load")
     expect(field(page, "if/0", "seconds")).to_have_value("5m")
     page.get_by_role("button", name="Publish v3").click()
     expect(page.locator("#flash")).to_contain_text("Published version 3")
+    page.wait_for_load_state("load")
     shot(page, artifacts, "08-restored")
     context.close()
 
@@ -174,6 +223,7 @@ def test_keyboard_only_labels_everywhere_and_readable_at_360px(
     page.keyboard.type(service.password)
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/app/rules$"))
+    page.wait_for_load_state("load")
     page.goto(f"{service.base}/app/rules/new")
     expect(page.get_by_label("Name")).to_be_focused()  # autofocus on an empty rule's name
     page.keyboard.type("Keyboard rule")
@@ -204,4 +254,8 @@ def test_keyboard_only_labels_everywhere_and_readable_at_360px(
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, (url, overflow)
         shot(page, artifacts, "360px-" + url.strip("/").replace("/", "-"))
+        if url.startswith("/app/devices/"):  # its values follow the readings live (SSE)
+            stamp = page.locator('#values [data-metric="temp"] small')
+            before = stamp.inner_text()
+            expect(stamp).not_to_have_text(before, timeout=45_000)
     context.close()
