@@ -16,7 +16,7 @@ from datetime import datetime
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from editor.web import PREFIX, EditorRoute, User, services, templates
+from editor.web import PREFIX, EditorRoute, LoginRequired, User, current_user, services, templates
 from engine.alarms import AlarmFilter, AlarmService
 from engine.rules import RuleRepository
 from engine.store import TraceRepository
@@ -37,6 +37,16 @@ def sse(event: str, html: str) -> bytes:
 def fragment(name: str, **context: object) -> str:
     """A template rendered to a string (no request: fragments use no URL helpers)."""
     return templates.get_template(name).render(prefix=PREFIX, **context)
+
+
+async def still_signed_in(request: Request) -> bool:
+    """Whether the session still names an enabled user of an active tenant (checked each heartbeat,
+    so signing out elsewhere, a disabled user or a suspended tenant ends the stream)."""
+    try:
+        await current_user(request)
+    except LoginRequired:
+        return False
+    return True
 
 
 def _stream(body: AsyncIterator[bytes]) -> StreamingResponse:
@@ -65,9 +75,11 @@ async def trace_stream(request: Request, rule_id: str, user: User) -> Response:
             for row in fresh:
                 last_id = max(last_id, row["id"])
                 yield sse("trace", fragment("rules/_trace.html", trace=row, rule_id=rule_id))
-            idle = 0.0 if fresh else idle + POLL_S
-            if idle >= HEARTBEAT_S:
+            idle += POLL_S
+            if idle >= HEARTBEAT_S:  # every 15 s, busy or not: is the session still good?
                 idle = 0.0
+                if not await still_signed_in(request):
+                    return
                 yield b": heartbeat\n\n"
             await asyncio.sleep(POLL_S)
 
@@ -96,13 +108,13 @@ async def alarm_stream(request: Request, user: User, rule: str = "") -> Response
             digest = hashlib.sha256(html.encode()).hexdigest()
             if digest != last:
                 last = digest
-                idle = 0.0
                 yield sse("alarms", html)
-            else:
-                idle += POLL_S
-                if idle >= HEARTBEAT_S:
-                    idle = 0.0
-                    yield b": heartbeat\n\n"
+            idle += POLL_S
+            if idle >= HEARTBEAT_S:  # every 15 s, busy or not: is the session still good?
+                idle = 0.0
+                if not await still_signed_in(request):
+                    return
+                yield b": heartbeat\n\n"
             await asyncio.sleep(POLL_S)
 
     return _stream(body())
@@ -131,6 +143,8 @@ async def device_stream(request: Request, device_id: str, user: User) -> Respons
             while not await request.is_disconnected():
                 event: LiveEvent | None = await sub.get(HEARTBEAT_S)
                 if event is None:
+                    if not await still_signed_in(request):
+                        return
                     yield b": heartbeat\n\n"
                 elif event.kind == "reading":
                     for name, value in event.data["metrics"].items():

@@ -140,3 +140,43 @@ async def test_sign_out_ends_the_session(browser: Browser, shop: EditorTenant) -
     response = await browser.http.post("/app/logout", data={"csrf_token": browser.csrf})
     assert response.status_code == 303
     assert (await browser.get("/app/rules")).status_code == 303
+
+
+async def test_alarms_acknowledge_and_clear_by_role(
+    browser: Browser, other_browser: Browser, shop: EditorTenant, editor_database: object
+) -> None:
+    from datetime import UTC, datetime
+
+    from engine.alarms import AlarmService
+
+    service = AlarmService(editor_database)  # type: ignore[arg-type]
+    alarm, _ = await service.raise_alarm(
+        shop.id, "rul_x", "freezer-01", "freezer-warm", "major", "<b>warm</b>", datetime.now(UTC)
+    )
+    await other_browser.login(shop.id, shop.users[Role.VIEWER])
+    seen = await other_browser.get("/app/alarms")
+    assert (
+        "freezer-warm" in seen.text
+        and "&lt;b&gt;warm&lt;/b&gt;" in seen.text
+        and ">Acknowledge<" not in seen.text
+    )
+    assert (await other_browser.post(f"/app/alarms/{alarm.id}/acknowledge")).status_code == 403
+    await browser.login(shop.id, shop.users[Role.EDITOR])
+    acked = await browser.post(f"/app/alarms/{alarm.id}/acknowledge")
+    assert acked.status_code == 200 and '<td class="state">acknowledged</td>' in acked.text
+    assert (await browser.post(f"/app/alarms/{alarm.id}/clear")).status_code == 200
+    assert "No active alarms" in (await browser.get("/app/alarms")).text
+    assert (await browser.post("/app/alarms/alm_unknown/acknowledge")).status_code == 404
+
+
+async def test_an_invalid_rule_is_listed_with_its_reason(
+    browser: Browser, shop: EditorTenant, editor_database: object
+) -> None:
+    from engine.rules import RuleRepository
+
+    await browser.login(shop.id, shop.users[Role.EDITOR])
+    rule_id = await _create_rule(browser, "Broken later")
+    async with editor_database.tenant(shop.id) as scope:  # type: ignore[attr-defined]
+        await RuleRepository(scope).update(rule_id, {"invalid_reason": "unknown device type 'fridge'"})
+    listing = await browser.get("/app/rules?status=invalid")
+    assert "Broken later" in listing.text and "unknown device type &#39;fridge&#39;" in listing.text
