@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, nodes
+from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -134,7 +134,8 @@ def _width_capped(name: str, positions: tuple[int, ...], keywords: tuple[str, ..
     return capped
 
 
-_ENV = _BoundedEnvironment(autoescape=False, keep_trailing_newline=False)
+# ChainableUndefined: ``{{ alarm.message }}`` is empty when there is no alarm, not an error at 3 a.m.
+_ENV = _BoundedEnvironment(autoescape=False, keep_trailing_newline=False, undefined=ChainableUndefined)
 _ENV.globals["range"] = _bounded_range
 for _name, _positions, _keywords in (
     ("center", (1,), ("width",)),
