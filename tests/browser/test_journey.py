@@ -67,6 +67,8 @@ def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
     context.route("**/*", only_loopback)
     page = context.new_page()
     page.set_default_timeout(20_000)
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
 
     # 1. Sign in.
     page.goto(f"{service.base}/app/login")
@@ -199,6 +201,12 @@ def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
     expect(page.locator("#flash")).to_contain_text("Published version 3")
     page.wait_for_load_state("load")
     shot(page, artifacts, "08-restored")
+    # Nothing the pages need was refused by the Content-Security-Policy, and no script failed. (An
+    # empty inline style, the sha256 of "", is refused and changes nothing; htmx logs the check
+    # requests that a newer keystroke aborted, which is hx-sync doing its job.)
+    empty_style = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+    refused = [e for e in console_errors if "Content Security Policy" in e and empty_style not in e]
+    assert refused == [] and [e for e in console_errors if "Uncaught" in e] == [], console_errors
     context.close()
 
 

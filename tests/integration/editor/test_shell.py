@@ -180,3 +180,12 @@ async def test_an_invalid_rule_is_listed_with_its_reason(
         await RuleRepository(scope).update(rule_id, {"invalid_reason": "unknown device type 'fridge'"})
     listing = await browser.get("/app/rules?status=invalid")
     assert "Broken later" in listing.text and "unknown device type &#39;fridge&#39;" in listing.text
+
+
+async def test_pages_forbid_inline_scripts_and_framing(browser: Browser, shop: EditorTenant) -> None:
+    page = await browser.get("/app/login")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["cache-control"] == "no-store"
