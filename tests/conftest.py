@@ -90,9 +90,11 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def app(settings: Settings, database: Database) -> FastAPI:
-    """The HTTP application bound to the test database."""
-    return create_app(settings, database)
+async def app(settings: Settings, database: Database) -> AsyncIterator[FastAPI]:
+    """The HTTP application bound to the test database (its telemetry store closed afterwards)."""
+    application = create_app(settings, database)
+    yield application
+    await application.state.runtime.telemetry.close()
 
 
 @pytest_asyncio.fixture
