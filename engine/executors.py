@@ -27,6 +27,8 @@ from engine.compiler import CompiledRule, Decision
 from engine.nodes.actions import private_address_problem
 from engine.nodes.base import ActionCall
 from model.readings import Reading, Source
+from notifiers.policy import DeliveryPolicy
+from notifiers.port import NotificationRequest
 from notifiers.templates import TemplateProblem, render
 
 logger = logging.getLogger(__name__)
@@ -222,8 +224,6 @@ class ActionExecutor:
     async def _notify(self, call: ActionCall, ctx: ActionContext) -> tuple[str, str] | None:
         if self.notifier is None:
             return ("skipped", "no notification service in this process")
-        from notifiers.port import NotificationRequest
-
         o = call.options
         policy = o.get("policy")
         request = NotificationRequest(
@@ -359,12 +359,8 @@ def _alarm_data(alarm: Any, alarm_type: str, severity: str | None, message: str 
     return data
 
 
-def _policy(raw: Any) -> Any:
-    if not raw:
-        return None
-    from notifiers.policy import DeliveryPolicy
-
-    return DeliveryPolicy.model_validate(raw)
+def _policy(raw: Any) -> DeliveryPolicy | None:
+    return DeliveryPolicy.model_validate(raw) if raw else None
 
 
 Handler = Callable[[ActionExecutor, ActionCall, ActionContext], Awaitable[tuple[str, str] | None]]

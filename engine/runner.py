@@ -182,8 +182,13 @@ class RuleEngine:
         document = RuleDocument.model_validate(raw)
         try:
             async with self.database.tenant(tenant_id) as scope:
+                # Channels are checked when a rule is saved; a channel deleted since must not
+                # take the rule's alarms down with it (its notifications are logged no_channel).
                 context = await compile_context(
-                    scope, document, allow_private_webhooks=self.allow_private_webhooks
+                    scope,
+                    document,
+                    allow_private_webhooks=self.allow_private_webhooks,
+                    check_channels=False,
                 )
             compiled = compile_rule(document, context, rule_id=rule_id, version=version)
         except RuleValidationError as exc:

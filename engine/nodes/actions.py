@@ -20,6 +20,7 @@ from engine.expressions import ExpressionRuntimeError, compile_expression
 from engine.nodes.base import Action, ActionCall, CompileContext, Options
 from engine.nodes.triggers import MetricName
 from engine.registry import REGISTRY, NodeKind
+from notifiers.policy import DeliveryPolicy
 from notifiers.templates import TemplateProblem
 from notifiers.templates import check as check_template
 
@@ -88,7 +89,7 @@ class NotifyOptions(Options):
     channels: list[str] = Field(min_length=1, max_length=10, json_schema_extra={"widget": "channels"})
     title: str = Field(default="{{ rule.name }}", max_length=200, json_schema_extra={"widget": "template"})
     body: str = Field(default="", max_length=4000, json_schema_extra={"widget": "template"})
-    policy: dict[str, Any] | None = Field(
+    policy: DeliveryPolicy | None = Field(
         default=None, description="Delivery policy for this rule (the tenant's defaults when absent)."
     )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from server.settings import load_settings
 from storage.database import Database
 from tests.conftest import TenantFactory, TenantHandle
 from tests.harness.mosquitto import MosquittoServer
+from tests.harness.receivers import HttpReceiver, SmtpReceiver
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=50)
 
@@ -46,14 +48,46 @@ def rule_document(value: float = -10, **extra: Any) -> dict[str, Any]:
         ],
         "then": [
             {"type": "alarm.raise", "options": {"alarm_type": "freezer-warm", "severity": "major"}},
-            {"type": "notify", "options": {"channels": ["night-shift"]}},
+            {
+                "type": "notify",
+                "options": {
+                    "channels": ["night-shift", "regional"],
+                    "title": "{{ device.id }} too warm",
+                    "body": "{{ device.id }} reads {{ values.temp }} °C; alarm {{ alarm.severity }}",
+                },
+            },
         ],
         "else": [{"type": "alarm.clear", "options": {"alarm_type": "freezer-warm"}}],
     }
 
 
+@dataclass
+class Receivers:
+    """The night shift reads email; the regional team gets a JSON webhook (real servers)."""
+
+    smtp: SmtpReceiver
+    http: HttpReceiver
+
+    @property
+    def channels(self) -> dict[str, str]:
+        return {
+            "night-shift": self.smtp.url("night-shift@store-12.example.com"),
+            "regional": self.http.url("/regional", headers={"X-Team": "north"}),
+        }
+
+
+@pytest.fixture
+def receivers() -> Iterator[Receivers]:
+    with SmtpReceiver() as smtp, HttpReceiver() as http:
+        yield Receivers(smtp, http)
+
+
 async def _setup(
-    http: httpx.AsyncClient, tenants: TenantFactory, value: float = -10, **extra: Any
+    http: httpx.AsyncClient,
+    tenants: TenantFactory,
+    value: float = -10,
+    channels: dict[str, str] | None = None,
+    **extra: Any,
 ) -> tuple[TenantHandle, str]:
     t = await tenants.create()
     h = t.headers
@@ -64,6 +98,11 @@ async def _setup(
         "/api/v1/devices", json={"id": "fz-1", "type_id": "freezer", "labels": {"region": "north"}}, headers=h
     )
     assert r.status_code == 201
+    for name, url in (
+        channels or {"night-shift": "json://hooks.example.com/a", "regional": "json://hooks.example.com/b"}
+    ).items():
+        r = await http.post("/api/v1/notifications/channels", json={"name": name, "urls": [url]}, headers=h)
+        assert r.status_code == 201, r.text
     rule = (
         await http.post("/api/v1/rules", json={"document": rule_document(value, **extra)}, headers=h)
     ).json()
@@ -79,6 +118,7 @@ async def app(
         data_dir=tmp_path,
         mqtt_url=f"mqtt://127.0.0.1:{mosquitto_server.port}",
         mqtt_client_id=f"engine-{secrets.token_hex(4)}",
+        allow_private_webhooks=True,
     )
     application = create_app(settings, database)
     async with application.router.lifespan_context(application):
@@ -113,10 +153,10 @@ async def _wait(predicate: Any, limit: float = 20) -> None:
 
 
 async def test_rule_fires_raises_clears_and_explains(
-    app: FastAPI, tenants: TenantFactory, mosquitto_server: MosquittoServer
+    app: FastAPI, tenants: TenantFactory, mosquitto_server: MosquittoServer, receivers: Receivers
 ) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-        t, rule_id = await _setup(http, tenants)
+        t, rule_id = await _setup(http, tenants, channels=receivers.channels)
         warm = [(T0 + timedelta(seconds=10 * i), -5.0) for i in range(40)]  # 400 s above -10
         await asyncio.to_thread(publish, mosquitto_server.port, t.id, warm)
 
@@ -138,7 +178,17 @@ async def test_rule_fires_raises_clears_and_explains(
         assert steps["if/0/0"]["result"] is True
         assert steps["if/0"]["detail"] == "true for 300s of 300s"
         actions = {a["node"]: a["status"] for a in trace["actions"]}
-        assert actions == {"alarm.raise": "done", "notify": "skipped"}
+        assert actions == {"alarm.raise": "done", "notify": "done"}
+
+        # The notification reaches both channels, rendered with the reading's value.
+        [mail] = await receivers.smtp.wait_for(1)
+        assert list(mail.rcpt_tos) == ["night-shift@store-12.example.com"]
+        assert mail.subject == "fz-1 too warm"
+        assert "fz-1 reads -5.0 °C; alarm major" in mail.text
+        [hook] = await receivers.http.wait_for(1, path="/regional")
+        assert hook.headers["X-Team"] == "north"
+        assert hook.json()["title"] == "fz-1 too warm"
+        assert "fz-1 reads -5.0 °C; alarm major" in hook.json()["message"]
 
         cold = [(T0 + timedelta(seconds=400 + 10 * i), -14.0) for i in range(20)]
         await asyncio.to_thread(publish, mosquitto_server.port, t.id, cold)
