@@ -14,10 +14,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
+from pydantic import BaseModel, TypeAdapter
 
 from engine.registry import REGISTRY, NodeKind, NodeType
+
+_JSON: TypeAdapter[Any] = TypeAdapter(Any)  # option defaults as JSON (enums, tuples, models)
 
 HEADINGS = {NodeKind.TRIGGER: "Triggers", NodeKind.CONDITION: "Conditions", NodeKind.ACTION: "Actions"}
 SECTIONS = {NodeKind.TRIGGER: "when", NodeKind.CONDITION: "if", NodeKind.ACTION: "then` / `else"}
@@ -131,7 +132,7 @@ def _defaults(options: type[BaseModel]) -> dict[str, str]:
     found = {}
     for name, info in options.model_fields.items():
         if not info.is_required():
-            value = to_jsonable_python(info.get_default(call_default_factory=True))
+            value = _JSON.dump_python(info.get_default(call_default_factory=True), mode="json")
             found[info.alias or name] = json.dumps(value, ensure_ascii=False)
     return found
 
