@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from connectors.base import ReadingSink
+from engine.alarms import AlarmService
 from model.errors import PlatformError
 from notifiers.service import NotificationService
 from pipeline.live import LiveHub
@@ -38,6 +39,13 @@ class ApiContext:
     on_rules_changed: Callable[[str, str], Awaitable[None]] | None = None
     allow_private_webhooks: bool = False
     notifier: NotificationService | None = None
+    alarms: AlarmService | None = None
+
+    def alarm_service(self) -> AlarmService:
+        """The process's alarm service: acknowledgements reach the notifier, changes the live hub."""
+        if self.alarms is None:
+            self.alarms = AlarmService(self.database, notifier=self.notifier, live=self.live)
+        return self.alarms
 
     async def rules_changed(self, tenant_id: str, rule_id: str) -> None:
         """Tell the engine that a rule was published, enabled, disabled or deleted."""

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from model.errors import ConflictError, InvalidCursorError, InvalidInputError, NotFoundError
 from model.ids import new_id
 from notifiers.port import Notifier
+from pipeline.live import LiveEvent, LiveHub
 from storage.database import Database, TenantScope
 from storage.pagination import decode_cursor, encode_cursor
 from storage.tables import ALARM_ACTIVE, alarm_events, alarms
@@ -458,6 +459,26 @@ class AlarmRepository:
         )
 
 
+def alarm_data(alarm: Alarm) -> dict[str, Any]:
+    """An alarm as plain JSON data (live events, templates)."""
+    return {
+        "id": alarm.id,
+        "rule_id": alarm.rule_id,
+        "device_id": alarm.device_id,
+        "alarm_type": alarm.alarm_type,
+        "severity": alarm.severity.value,
+        "state": alarm.state.value,
+        "message": alarm.message,
+        "raise_count": alarm.raise_count,
+        "raised_at": alarm.raised_at.isoformat(),
+        "last_raised_at": alarm.last_raised_at.isoformat(),
+        "acknowledged_at": alarm.acknowledged_at.isoformat() if alarm.acknowledged_at else None,
+        "acknowledged_by": alarm.acknowledged_by,
+        "cleared_at": alarm.cleared_at.isoformat() if alarm.cleared_at else None,
+        "cleared_by": alarm.cleared_by,
+    }
+
+
 class AlarmService:
     """Alarms, each call in a transaction of its own under the tenant's isolation.
 
@@ -465,9 +486,16 @@ class AlarmService:
     ``alarm.clear`` calls; the API calls ``acknowledge``, ``clear``, ``get`` and ``list``.
     """
 
-    def __init__(self, database: Database, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, database: Database, *, notifier: Notifier | None = None, live: LiveHub | None = None
+    ) -> None:
         self._database = database
         self._notifier = notifier  # told about acknowledgements: they stop reminders and escalation
+        self._live = live  # every change goes out as an "alarm" event on the tenant's live stream
+
+    def _publish(self, alarm: Alarm | None) -> None:
+        if self._live is not None and alarm is not None:
+            self._live.publish(alarm.tenant_id, alarm.device_id, LiveEvent("alarm", alarm_data(alarm)))
 
     async def raise_alarm(
         self,
@@ -484,7 +512,11 @@ class AlarmService:
         level = AlarmSeverity(severity)
         at = _aware(at, "at")
         async with self._database.tenant(tenant_id) as scope:
-            return await self._repo(scope).raise_alarm(rule_id, device_id, alarm_type, level, message, at)
+            alarm, changed = await self._repo(scope).raise_alarm(
+                rule_id, device_id, alarm_type, level, message, at
+            )
+        self._publish(alarm)
+        return alarm, changed
 
     async def clear_alarm(
         self,
@@ -499,7 +531,9 @@ class AlarmService:
         """Clear the active alarm of (rule, device, type); None when none is active."""
         at = _aware(at, "at")
         async with self._database.tenant(tenant_id) as scope:
-            return await self._repo(scope).clear_active(rule_id, device_id, alarm_type, by=by, at=at)
+            alarm = await self._repo(scope).clear_active(rule_id, device_id, alarm_type, by=by, at=at)
+        self._publish(alarm)
+        return alarm
 
     async def acknowledge(
         self, tenant_id: str, alarm_id: str, *, by: str | None, at: datetime | None = None
@@ -508,6 +542,7 @@ class AlarmService:
         when = _aware(at, "at") if at is not None else utcnow()
         async with self._database.tenant(tenant_id) as scope:
             alarm = await self._repo(scope).acknowledge(alarm_id, by=by, at=when)
+        self._publish(alarm)
         if self._notifier is not None and alarm.active:
             await self._notifier.alarm_acknowledged(
                 tenant_id, alarm.rule_id, alarm.device_id, alarm.alarm_type, alarm.acknowledged_at or when
@@ -520,7 +555,9 @@ class AlarmService:
         """Clear by hand; idempotent (the first clear's who and when are kept)."""
         when = _aware(at, "at") if at is not None else utcnow()
         async with self._database.tenant(tenant_id) as scope:
-            return await self._repo(scope).clear(alarm_id, by=by, at=when)
+            alarm = await self._repo(scope).clear(alarm_id, by=by, at=when)
+        self._publish(alarm)
+        return alarm
 
     async def get(self, tenant_id: str, alarm_id: str) -> AlarmWithEvents:
         """The alarm with its history; NotFoundError for an unknown or foreign id."""
@@ -542,7 +579,10 @@ class AlarmService:
                 .order_by(alarms.c.id)
             )
             ids: Sequence[str] = (await scope.conn.execute(stmt)).scalars().all()
-            return [await repo.clear(alarm_id, by=by, at=when) for alarm_id in ids]
+            cleared = [await repo.clear(alarm_id, by=by, at=when) for alarm_id in ids]
+        for alarm in cleared:
+            self._publish(alarm)
+        return cleared
 
     async def list(
         self, tenant_id: str, flt: AlarmFilter | None = None, *, limit: int = 50, cursor: str | None = None

@@ -52,12 +52,15 @@ class _Entry:
 
 @dataclass(slots=True)
 class _Bank:
-    """The banked rules of one (tenant, metric)."""
+    """The banked rules of one (tenant, metric, selector criterion)."""
 
     generation: int = 0
     entries: dict[str, _Entry] = field(default_factory=dict)
     above: list[tuple[float, str]] = field(default_factory=list)  # (level, rule id), ascending
     below: list[tuple[float, str]] = field(default_factory=list)
+
+
+Key = tuple[str, str, str]  # tenant, device, metric
 
 
 def bankable(rule: CompiledRule) -> tuple[str, ThresholdCondition] | None:
@@ -75,15 +78,28 @@ def bankable(rule: CompiledRule) -> tuple[str, ThresholdCondition] | None:
     return metric, condition
 
 
+SelectorKey = tuple[str, ...]  # ("id", device) | ("label", key, value) | ("type", type) | ("all",)
+BankKey = tuple[str, str, SelectorKey]  # tenant, metric, selector criterion
+
+
 class ThresholdBanks:
-    """Every bank of every tenant, and per (tenant, device, metric) the active rules."""
+    """Every bank of every tenant, and per (tenant, device, metric) the active rules.
+
+    Banks are filed by (tenant, metric, selector criterion), the criterion being one that every
+    device the rule selects has (each of its device ids; else its least-used label; else its
+    type; else "all"), as the rule index files ordinary rules: a reading looks only at the banks
+    of its device's id, labels, type and "all", so the levels it scans belong to rules that can
+    select the device.
+    """
 
     def __init__(self) -> None:
-        self._banks: dict[tuple[str, str], _Bank] = {}
-        self._where: dict[tuple[str, str], str] = {}  # (tenant, rule) -> metric
-        self._active: dict[tuple[str, str, str], set[str]] = {}
-        self._undecided: dict[tuple[str, str, str], set[str]] = {}
-        self._primed: dict[tuple[str, str, str], int] = {}
+        self._banks: dict[BankKey, _Bank] = {}
+        self._where: dict[tuple[str, str], tuple[str, list[SelectorKey]]] = {}  # rule -> its banks
+        self._metrics: dict[tuple[str, str], int] = {}  # (tenant, metric) -> banked rules
+        self._generation = 0  # one counter for all banks: a bank made anew never reuses a number
+        self._active: dict[Key, set[str]] = {}
+        self._undecided: dict[Key, set[str]] = {}
+        self._primed: dict[Key, int] = {}
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._where
@@ -95,29 +111,56 @@ class ThresholdBanks:
         if found is None:
             return False
         metric, condition = found
-        bank = self._banks.setdefault((rule.tenant_id, metric), _Bank())
-        bank.generation += 1
-        bank.entries[rule.rule_id] = _Entry(rule, condition, bank.generation)
-        side = bank.above if condition.options.operator == "above" else bank.below
-        bisect.insort(side, (condition.options.value, rule.rule_id))
-        self._where[(rule.tenant_id, rule.rule_id)] = metric
+        keys = self._selector_keys(rule, metric)
+        self._generation += 1
+        for skey in keys:
+            bank = self._banks.setdefault((rule.tenant_id, metric, skey), _Bank())
+            bank.generation = self._generation
+            bank.entries[rule.rule_id] = _Entry(rule, condition, self._generation)
+            side = bank.above if condition.options.operator == "above" else bank.below
+            bisect.insort(side, (condition.options.value, rule.rule_id))
+        self._where[(rule.tenant_id, rule.rule_id)] = (metric, keys)
+        self._metrics[(rule.tenant_id, metric)] = self._metrics.get((rule.tenant_id, metric), 0) + 1
         return True
+
+    def _selector_keys(self, rule: CompiledRule, metric: str) -> list[SelectorKey]:
+        selector = rule.document.devices
+        if selector.ids:
+            return [("id", device_id) for device_id in dict.fromkeys(selector.ids)]
+        if selector.labels:
+            pairs = sorted(selector.labels.items())
+            used = self._banks.get
+            k, v = min(
+                pairs,
+                key=lambda kv: len(b.entries) if (b := used((rule.tenant_id, metric, ("label", *kv)))) else 0,
+            )
+            return [("label", k, v)]
+        if selector.type is not None:
+            return [("type", selector.type)]
+        return [("all",)]
 
     def remove(self, tenant_id: str, rule_id: str) -> None:
         """Take a rule out (disabled, deleted, replaced)."""
-        metric = self._where.pop((tenant_id, rule_id), None)
-        if metric is None:
+        where = self._where.pop((tenant_id, rule_id), None)
+        if where is None:
             return
-        bank = self._banks[(tenant_id, metric)]
-        entry = bank.entries.pop(rule_id)
-        side = bank.above if entry.condition.options.operator == "above" else bank.below
-        side.remove((entry.condition.options.value, rule_id))
-        if not bank.entries:
-            del self._banks[(tenant_id, metric)]
+        metric, keys = where
+        for skey in keys:
+            bank = self._banks[(tenant_id, metric, skey)]
+            entry = bank.entries.pop(rule_id)
+            side = bank.above if entry.condition.options.operator == "above" else bank.below
+            side.remove((entry.condition.options.value, rule_id))
+            if not bank.entries:
+                del self._banks[(tenant_id, metric, skey)]
+        left = self._metrics[(tenant_id, metric)] - 1
+        if left:
+            self._metrics[(tenant_id, metric)] = left
+        else:
+            del self._metrics[(tenant_id, metric)]
 
     def has(self, tenant_id: str, metrics: Any) -> bool:
         """Whether any bank of the tenant listens to one of these metrics."""
-        return any((tenant_id, m) in self._banks for m in metrics)
+        return any((tenant_id, m) in self._metrics for m in metrics)
 
     def candidates(
         self,
@@ -132,55 +175,60 @@ class ThresholdBanks:
         ``known(rule_id)`` says whether the device has a state for that rule (stored or in
         memory); without one, a rule is inactive.
         """
-        bank = self._banks.get((tenant_id, metric))
-        if bank is None:
+        if (tenant_id, metric) not in self._metrics:
+            return []
+        skeys: list[SelectorKey] = [("id", device.id), ("type", device.type_id), ("all",)]
+        skeys.extend(("label", k, v) for k, v in device.labels.items())
+        banks = [b for skey in skeys if (b := self._banks.get((tenant_id, metric, skey))) is not None]
+        if not banks:
             return []
         key = (tenant_id, device.id, metric)
         number = None if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
         primed = self._primed.get(key, -1)
-        if primed < bank.generation:
-            # New to this device: the rules with a stored state are evaluated once, which primes
-            # the active set from it; a rule with no state is inactive, so it needs evaluating
-            # only if this value crosses its level (a tenant's 1,000 rules on a new device cost
-            # 1,000 comparisons, not 1,000 evaluations and traces).
-            self._primed[key] = bank.generation
-            return [
-                e.rule
-                for e in bank.entries.values()
-                if e.generation > primed
-                and (known(e.rule.rule_id) or (number is not None and e.raises(number)))
-                and e.rule.selects(device.id, device.type_id, device.labels)
-            ]
-        if number is None:
-            return []  # a threshold is undecided without a number: its outcome cannot change
-        v = number
+        newest = max(b.generation for b in banks)
         active = self._active.get(key, set())
-        crossed_up = bank.above[: bisect.bisect_left(bank.above, (v, ""))]  # levels below v
-        crossed_down = bank.below[bisect.bisect_right(bank.below, (v, "\uffff")) :]  # levels above v
-        ids = [rid for _, rid in crossed_up if rid not in active]
-        ids += [rid for _, rid in crossed_down if rid not in active]
-        ids += [rid for rid in active if rid in bank.entries and bank.entries[rid].clears(v)]
-        ids += [rid for rid in self._undecided.get(key, ()) if rid in bank.entries]
-        found = []
-        for rid in dict.fromkeys(ids):  # an undecided rule may also be among the crossed ones
-            rule = bank.entries[rid].rule
-            if rule.selects(device.id, device.type_id, device.labels):
-                found.append(rule)
-        return found
+        undecided = self._undecided.get(key, set())
+        found: dict[str, CompiledRule] = {}
+        for bank in banks:
+            ids: list[str] = []
+            if primed < bank.generation:
+                # Rules new to this device: those with a stored state are evaluated once, which
+                # primes the active set from it; a rule with no state is inactive, so it needs
+                # evaluating only if this value crosses its level (a tenant's 1,000 rules on a
+                # new device cost 1,000 comparisons, not 1,000 evaluations and traces).
+                ids = [
+                    rid
+                    for rid, e in bank.entries.items()
+                    if e.generation > primed and (known(rid) or (number is not None and e.raises(number)))
+                ]
+            if number is not None:
+                v = number
+                crossed_up = bank.above[: bisect.bisect_left(bank.above, (v, ""))]  # levels below v
+                crossed_down = bank.below[bisect.bisect_right(bank.below, (v, "\uffff")) :]  # above v
+                ids += [rid for _, rid in crossed_up if rid not in active]
+                ids += [rid for _, rid in crossed_down if rid not in active]
+                ids += [rid for rid in active if rid in bank.entries and bank.entries[rid].clears(v)]
+            ids += [rid for rid in undecided if rid in bank.entries]
+            for rid in ids:  # an undecided rule may also be among the crossed ones: once each
+                if rid not in found:
+                    rule = bank.entries[rid].rule
+                    if rule.selects(device.id, device.type_id, device.labels):
+                        found[rid] = rule
+        if primed < newest:
+            self._primed[key] = newest
+        return list(found.values())
 
     def observe(self, rule: CompiledRule, device_id: str, state: dict[str, Any]) -> None:
         """After a banked rule was evaluated for a device: remember whether it is now active."""
-        metric = self._where.get((rule.tenant_id, rule.rule_id))
-        if metric is None:
+        where = self._where.get((rule.tenant_id, rule.rule_id))
+        if where is None:
             return
-        entry = self._banks[(rule.tenant_id, metric)].entries[rule.rule_id]
+        metric, keys = where
+        entry = self._banks[(rule.tenant_id, metric, keys[0])].entries[rule.rule_id]
         key = (rule.tenant_id, device_id, metric)
         node = state.get(entry.condition.path, {})
         _mark(self._undecided, key, rule.rule_id, "active" not in node)
         _mark(self._active, key, rule.rule_id, bool(node.get("active")))
-
-
-Key = tuple[str, str, str]  # tenant, device, metric
 
 
 def _mark(sets: dict[Key, set[str]], key: Key, rule_id: str, on: bool) -> None:

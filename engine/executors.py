@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from engine.alarms import Alarm, alarm_data
 from engine.compiler import CompiledRule, Decision
 from engine.nodes.actions import private_address_problem
 from engine.nodes.base import ActionCall
@@ -348,15 +349,11 @@ def topic_problem(topic: str, tenant_id: str) -> str | None:
 
 
 def _alarm_data(alarm: Any, alarm_type: str, severity: str | None, message: str | None) -> dict[str, Any]:
-    data: dict[str, Any] = {"alarm_type": alarm_type, "severity": severity, "message": message}
-    for name in ("id", "severity", "message", "count"):
-        value = getattr(alarm, name, None)
-        if value is not None:
-            data[name] = value
-    state = getattr(alarm, "state", None)
-    if state is not None:
-        data["state"] = str(state)
-    return data
+    """What templates see of the alarm (the service returns the alarm, or (alarm, changed))."""
+    found = alarm[0] if isinstance(alarm, tuple) else alarm
+    if isinstance(found, Alarm):
+        return alarm_data(found)
+    return {"alarm_type": alarm_type, "severity": severity, "message": message}
 
 
 def _policy(raw: Any) -> DeliveryPolicy | None:

@@ -52,6 +52,7 @@ from engine.rules import RuleRepository
 from engine.store import RuleStateRepository, StateRow, TraceRepository, all_timers
 from model.errors import PlatformError
 from model.readings import MetricValue, Reading
+from pipeline.live import LiveEvent, LiveHub
 from storage.database import Database
 from storage.telemetry.port import TelemetryStore
 from storage.tenancy import TenantRepository
@@ -92,6 +93,7 @@ class RuleEngine:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         allow_private_webhooks: bool = False,
         flush_interval: float = 0.2,
+        live: LiveHub | None = None,
     ) -> None:
         self.database = database
         self.catalogue = catalogue
@@ -102,6 +104,7 @@ class RuleEngine:
         self.clock = clock
         self.allow_private_webhooks = allow_private_webhooks
         self.flush_interval = flush_interval
+        self.live = live  # stored traces also go out as "trace" events to whoever asked for them
         self.index = RuleIndex()
         self.traces_dropped = 0
         self.evaluations = 0
@@ -595,19 +598,21 @@ class RuleEngine:
         if self._buffered_traces >= MAX_BUFFERED_TRACES and not (decision.fired or decision.cleared):
             self.traces_dropped += 1
             return
-        self._pending[decision.tenant_id].traces.append(
-            {
-                "rule_id": decision.rule_id,
-                "rule_version": decision.rule_version,
-                "device_id": decision.device_id,
-                "at": decision.at,
-                "event": decision.event.value,
-                "outcome": decision.outcome,
-                "steps": [s.as_dict() for s in decision.steps],
-                "actions": actions,
-            }
-        )
+        row = {
+            "rule_id": decision.rule_id,
+            "rule_version": decision.rule_version,
+            "device_id": decision.device_id,
+            "at": decision.at,
+            "event": decision.event.value,
+            "outcome": decision.outcome,
+            "steps": [s.as_dict() for s in decision.steps],
+            "actions": actions,
+        }
+        self._pending[decision.tenant_id].traces.append(row)
         self._buffered_traces += 1
+        if self.live is not None and self.live.wants(decision.tenant_id, "trace"):
+            event = LiveEvent("trace", {**row, "at": decision.at.isoformat()})
+            self.live.publish(decision.tenant_id, decision.device_id, event)
 
     async def _write_states(self, keys: Iterable[StateKey]) -> None:
         """Write these keys' states now (and the tenant's pending last-fired times)."""

@@ -1,4 +1,8 @@
-"""Live fan-out of readings and status changes to WebSocket/SSE subscribers, per tenant.
+"""Live fan-out of readings, status changes, alarms and rule traces to WebSocket/SSE subscribers.
+
+Events are per tenant. A subscription chooses its kinds (``reading``, ``status``, ``alarm`` by
+default; ``trace`` only when asked, it is the rule engine's high-volume debugging view) and may
+narrow them to some devices and metrics.
 
 A slow subscriber has a bounded buffer: the oldest events are dropped and the subscriber is told
 how many it missed. Publishing never waits, so no client can slow ingestion down.
@@ -20,7 +24,7 @@ from model.readings import Reading
 class LiveEvent:
     """One event on a live stream: a reading, a status change, or a note of missed events."""
 
-    kind: str  # "reading" | "status" | "missed"
+    kind: str  # "reading" | "status" | "alarm" | "trace" | "missed"
     data: dict[str, Any]
 
 
@@ -41,6 +45,10 @@ def reading_event(reading: Reading, metrics: Iterable[str] | None = None) -> Liv
     )
 
 
+KINDS = frozenset({"reading", "status", "alarm", "trace"})
+DEFAULT_KINDS = frozenset({"reading", "status", "alarm"})
+
+
 @dataclass(eq=False)
 class Subscription:
     """One subscriber's filtered, bounded view of a tenant's live events."""
@@ -49,6 +57,7 @@ class Subscription:
     devices: frozenset[str] | None
     metrics: frozenset[str] | None
     capacity: int
+    kinds: frozenset[str] = field(default_factory=lambda: DEFAULT_KINDS)
     _events: deque[LiveEvent] = field(init=False)
     _wakeup: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     missed: int = 0
@@ -106,13 +115,18 @@ class LiveHub:
         devices: Iterable[str] | None = None,
         metrics: Iterable[str] | None = None,
         capacity: int = 256,
+        kinds: Iterable[str] | None = None,
     ) -> Subscription:
         """A new subscription; call ``unsubscribe`` when the client goes away."""
+        wanted = frozenset(kinds) if kinds else DEFAULT_KINDS
+        if not wanted <= KINDS:
+            raise ValueError(f"unknown event kinds: {sorted(wanted - KINDS)}")
         sub = Subscription(
             tenant_id,
             frozenset(devices) if devices else None,
             frozenset(metrics) if metrics else None,
             capacity,
+            wanted,
         )
         self._subscriptions.setdefault(tenant_id, set()).add(sub)
         return sub
@@ -129,6 +143,16 @@ class LiveHub:
         """How many subscriptions a tenant has."""
         return len(self._subscriptions.get(tenant_id, ()))
 
+    def wants(self, tenant_id: str, kind: str) -> bool:
+        """Whether any subscription of the tenant takes events of ``kind`` (skip building them)."""
+        return any(kind in sub.kinds for sub in self._subscriptions.get(tenant_id, ()))
+
+    def publish(self, tenant_id: str, device_id: str, event: LiveEvent) -> None:
+        """Deliver an event about one device (an alarm, a trace) to the tenant's subscriptions."""
+        for sub in self._subscriptions.get(tenant_id, ()):
+            if event.kind in sub.kinds and sub.wants(device_id):
+                sub.push(event)
+
     def publish_readings(self, readings: Iterable[Reading]) -> None:
         """``publish_reading`` for each reading; nothing to do while no one is subscribed."""
         if self._subscriptions:
@@ -138,7 +162,7 @@ class LiveHub:
     def publish_reading(self, reading: Reading) -> None:
         """Deliver a reading to every interested subscription of its tenant."""
         for sub in self._subscriptions.get(reading.tenant_id, ()):
-            if not sub.wants(reading.device_id):
+            if "reading" not in sub.kinds or not sub.wants(reading.device_id):
                 continue
             if sub.metrics is not None and not sub.metrics.intersection(reading.metrics):
                 continue
@@ -147,6 +171,4 @@ class LiveHub:
     def publish_status(self, tenant_id: str, device_id: str, status: str, at: datetime) -> None:
         """Deliver a device status change."""
         event = LiveEvent("status", {"device_id": device_id, "status": status, "at": at.isoformat()})
-        for sub in self._subscriptions.get(tenant_id, ()):
-            if sub.wants(device_id):
-                sub.push(event)
+        self.publish(tenant_id, device_id, event)

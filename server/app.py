@@ -83,6 +83,7 @@ def create_app(
         on_rules_changed=runtime.engine.reload,
         allow_private_webhooks=settings.allow_private_webhooks,
         notifier=runtime.notifier,
+        alarms=runtime.alarms,
     )
     app.state.runtime = runtime
     app.state.metrics_registry = registry

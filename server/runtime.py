@@ -146,6 +146,7 @@ class Runtime:
     supervisor: ConnectorSupervisor
     engine: RuleEngine
     notifier: NotificationService | None = None
+    alarms: AlarmService | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -172,8 +173,9 @@ class Runtime:
             connectors if connectors is not None else build_connectors(settings, bus, database)
         )
         notifier = build_notifier(settings, database, registry)
+        alarms = AlarmService(database, notifier=notifier, live=hub)
         executor = ActionExecutor(
-            alarms=AlarmService(database, notifier=notifier),
+            alarms=alarms,
             notifier=notifier,
             publisher=build_publisher(settings),
             sink=bus,
@@ -185,6 +187,7 @@ class Runtime:
             executor=executor,
             telemetry=store,
             allow_private_webhooks=settings.allow_private_webhooks,
+            live=hub,
         )
         ingestor.reading_consumers.append(engine.on_reading)
 
@@ -205,6 +208,7 @@ class Runtime:
             supervisor,
             engine,
             notifier=notifier,
+            alarms=alarms,
         )
 
     async def reload_bindings(self, kinds: set[str] | None = None) -> None:

@@ -16,7 +16,6 @@ from engine.alarms import (
     AlarmEvent,
     AlarmEventKind,
     AlarmFilter,
-    AlarmService,
     AlarmSeverity,
     AlarmState,
 )
@@ -120,9 +119,7 @@ async def list_alarms(
         raised_from=raised_from,
         raised_to=raised_to,
     )
-    page = await AlarmService(api_context(request).database).list(
-        principal.tenant, flt, limit=limit, cursor=cursor
-    )
+    page = await api_context(request).alarm_service().list(principal.tenant, flt, limit=limit, cursor=cursor)
     return PageOut[AlarmOut](items=[_out(a) for a in page.items], next_cursor=page.next_cursor)
 
 
@@ -132,7 +129,7 @@ async def get_alarm(
 ) -> AlarmDetailOut:
     """One alarm of the caller's tenant with every event of its history; 404 for an unknown or
     foreign id."""
-    found = await AlarmService(api_context(request).database).get(principal.tenant, alarm_id)
+    found = await api_context(request).alarm_service().get(principal.tenant, alarm_id)
     return AlarmDetailOut(**_out(found.alarm).model_dump(), events=[_event_out(e) for e in found.events])
 
 
@@ -143,7 +140,7 @@ async def acknowledge_alarm(
     """Record that someone has seen the alarm (active or cleared). Idempotent: acknowledging again
     keeps the first acknowledgement's time and author."""
     ctx = api_context(request)
-    service = AlarmService(ctx.database, notifier=ctx.notifier)
+    service = ctx.alarm_service()
     return _out(await service.acknowledge(principal.tenant, alarm_id, by=_actor(principal)))
 
 
@@ -153,5 +150,5 @@ async def clear_alarm(
 ) -> AlarmOut:
     """End the alarm by hand; if its condition still holds, the rule raises a new alarm.
     Idempotent: clearing a cleared alarm keeps the first clear's time and author."""
-    service = AlarmService(api_context(request).database)
+    service = api_context(request).alarm_service()
     return _out(await service.clear(principal.tenant, alarm_id, by=_actor(principal)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, WebSocket, status
 from fastapi.responses import StreamingResponse
@@ -20,6 +20,8 @@ from api.context import ApiContext, ServiceUnavailableError, api_context
 from api.problems import PROBLEM_RESPONSES
 from model.errors import AuthenticationError, PlatformError
 from pipeline.live import LiveEvent, LiveHub, Subscription
+
+EventKind = Literal["reading", "status", "alarm", "trace"]
 
 router = APIRouter(prefix="/live", tags=["live"], responses=PROBLEM_RESPONSES)
 
@@ -84,13 +86,19 @@ async def sse(
     device: Annotated[list[str] | None, Query(description="Only these devices (repeatable).")] = None,
     metric: Annotated[list[str] | None, Query(description="Only these metrics (repeatable).")] = None,
     access_token: Annotated[str | None, Query(description="For clients that cannot send headers.")] = None,
+    kind: Annotated[
+        list[EventKind] | None,
+        Query(description="Only these kinds (repeatable); default reading, status and alarm."),
+    ] = None,
 ) -> StreamingResponse:
-    """Events `reading`, `status` and `missed` (a slow client lost that many old events)."""
+    """Events `reading`, `status`, `alarm` (an alarm raised, acknowledged or cleared), `trace` (a
+    rule decision as stored, only when asked for with `kind=trace`) and `missed` (a slow client
+    lost that many old events)."""
     ctx = api_context(request)
     raw = _token(request.headers.get("authorization"), access_token)
     principal = check_scope(await principal_for(ctx.database, raw), SCOPE)
     hub = _hub(ctx)
-    sub = hub.subscribe(principal.tenant, devices=device, metrics=metric, capacity=BUFFER)
+    sub = hub.subscribe(principal.tenant, devices=device, metrics=metric, capacity=BUFFER, kinds=kind)
 
     async def stream() -> AsyncIterator[bytes]:
         try:
@@ -113,6 +121,7 @@ async def websocket(
     device: Annotated[list[str] | None, Query()] = None,
     metric: Annotated[list[str] | None, Query()] = None,
     access_token: Annotated[str | None, Query()] = None,
+    kind: Annotated[list[EventKind] | None, Query()] = None,
 ) -> None:
     """The same events as JSON messages `{"type": ..., "data": {...}}`."""
     ctx: ApiContext = ws.app.state.api_context
@@ -125,7 +134,7 @@ async def websocket(
         await ws.close(code=status.WS_1008_POLICY_VIOLATION, reason=exc.detail[:120])
         return
     await ws.accept()
-    sub = hub.subscribe(principal.tenant, devices=device, metrics=metric, capacity=BUFFER)
+    sub = hub.subscribe(principal.tenant, devices=device, metrics=metric, capacity=BUFFER, kinds=kind)
 
     async def forward() -> None:
         async for event in _events(sub, ctx.live_heartbeat_s, _recheck(ctx, raw)):

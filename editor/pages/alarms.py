@@ -6,7 +6,6 @@ from fastapi import APIRouter, Request, Response
 
 from editor.pages.live import active_alarms
 from editor.web import PREFIX, EditorRoute, Operator, User, render, services
-from engine.alarms import AlarmService
 
 router = APIRouter(route_class=EditorRoute)
 
@@ -23,14 +22,12 @@ async def alarms_page(request: Request, user: User, rule: str = "") -> Response:
 @router.post(f"{PREFIX}/alarms/{{alarm_id}}/acknowledge", include_in_schema=False)
 async def acknowledge(request: Request, alarm_id: str, user: Operator) -> Response:
     """Acknowledge (idempotent); answers the updated row."""
-    alarm = await AlarmService(services(request).database).acknowledge(
-        user.tenant_id, alarm_id, by=user.user_id
-    )
+    alarm = await services(request).alarm_service().acknowledge(user.tenant_id, alarm_id, by=user.user_id)
     return render(request, "alarms/_row.html", {"alarm": alarm, "user": user})
 
 
 @router.post(f"{PREFIX}/alarms/{{alarm_id}}/clear", include_in_schema=False)
 async def clear(request: Request, alarm_id: str, user: Operator) -> Response:
     """Clear by hand (idempotent); the row goes away."""
-    await AlarmService(services(request).database).clear(user.tenant_id, alarm_id, by=user.user_id)
+    await services(request).alarm_service().clear(user.tenant_id, alarm_id, by=user.user_id)
     return Response(content="", media_type="text/html")

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from editor.web import PREFIX, EditorRoute, LoginRequired, User, current_user, services, templates
-from engine.alarms import AlarmFilter, AlarmService
+from engine.alarms import AlarmFilter
 from engine.rules import RuleRepository
 from engine.store import TraceRepository
 from pipeline.live import LiveEvent
@@ -88,8 +88,10 @@ async def trace_stream(request: Request, rule_id: str, user: User) -> Response:
 
 async def active_alarms(request: Request, tenant_id: str, rule_id: str | None = None) -> list[object]:
     """The tenant's active alarms, newest first (at most 200)."""
-    page = await AlarmService(services(request).database).list(
-        tenant_id, AlarmFilter(active=True, rule_id=rule_id or None), limit=200
+    page = (
+        await services(request)
+        .alarm_service()
+        .list(tenant_id, AlarmFilter(active=True, rule_id=rule_id or None), limit=200)
     )
     return list(page.items)
 

@@ -253,6 +253,11 @@ async def _publish(http: httpx.AsyncClient, headers: dict[str, str], document: d
     for device in DEVICES:
         body = {"id": device.id, "type_id": device.type_id, "labels": dict(device.labels)}
         assert (await http.post("/api/v1/devices", json=body, headers=headers)).status_code == 201
+    for action in document.get("then", []) + document.get("else", []):
+        for name in action["options"].get("channels", []) if action["type"] == "notify" else []:
+            channel = {"name": name, "urls": [f"json://hooks.example.com/{name}"]}
+            r = await http.post("/api/v1/notifications/channels", json=channel, headers=headers)
+            assert r.status_code in (201, 409), r.text
     rule = (await http.post("/api/v1/rules", json={"document": document}, headers=headers)).json()
     r = await http.post(f"/api/v1/rules/{rule['id']}/publish", json={}, headers=headers)
     assert r.status_code == 200, r.text

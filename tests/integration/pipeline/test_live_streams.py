@@ -153,3 +153,44 @@ async def test_access_tokens_are_redacted_from_access_logs() -> None:
     )
     assert RedactSecrets().filter(record)
     assert "s3cret" not in record.getMessage() and "access_token=REDACTED" in record.getMessage()
+
+
+async def test_sse_streams_alarms_and_traces_of_the_rule_engine(server: str, tenants: TenantFactory) -> None:
+    t = await tenants.create()
+    async with httpx.AsyncClient(base_url=f"http://{server}", timeout=10) as http:
+        device_token = await _device(http, t, "fz-1")
+        document = {
+            "name": "too warm",
+            "devices": {"type": "fz"},
+            "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
+            "if": [{"type": "telemetry.threshold", "options": {"metric": "temp", "value": -10}}],
+            "then": [
+                {"type": "alarm.raise", "options": {"alarm_type": "warm", "message": "{{ values.temp }}"}}
+            ],
+        }
+        rule = (await http.post("/api/v1/rules", json={"document": document}, headers=t.headers)).json()
+        r = await http.post(f"/api/v1/rules/{rule['id']}/publish", json={}, headers=t.headers)
+        assert r.status_code == 200, r.text
+        params = {"kind": ["alarm", "trace"]}
+        async with http.stream("GET", "/api/v1/live/sse", params=params, headers=t.headers) as stream:
+            await http.post("/api/v1/ingest", json={"temp": -4.5}, headers=bearer(device_token))
+            events = _sse_events(stream)
+            seen: dict[str, dict[str, object]] = {}
+            async with asyncio.timeout(10):
+                while len(seen) < 2:
+                    kind, data = await anext(events)
+                    assert kind in ("alarm", "trace"), kind  # no readings or statuses: not asked for
+                    seen.setdefault(kind, data)
+            alarm = seen["alarm"]
+            assert alarm["device_id"] == "fz-1" and alarm["state"] == "active_unack"
+            assert alarm["message"] == "-4.5" and alarm["rule_id"] == rule["id"]
+            # Acknowledging through the API goes out on the stream too.
+            r = await http.post(f"/api/v1/alarms/{alarm['id']}/acknowledge", json={}, headers=t.headers)
+            assert r.status_code == 200, r.text
+            async with asyncio.timeout(10):
+                kind, data = await anext(events)
+            assert kind == "alarm" and data["state"] == "active_ack"
+        trace = seen["trace"]
+        assert trace["outcome"] == "fired" and trace["rule_id"] == rule["id"]
+        r = await http.get("/api/v1/live/sse", params={"kind": "everything"}, headers=t.headers)
+        assert r.status_code == 422

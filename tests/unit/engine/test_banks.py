@@ -148,3 +148,77 @@ def test_a_new_device_evaluates_only_the_rules_its_first_value_crosses() -> None
         )
     ]
     assert expected and sorted(r.rule_id for r in first) == sorted(r.rule_id for r in expected)
+
+
+def test_rules_added_replaced_and_removed_mid_stream_decide_as_without_banks() -> None:
+    rng = random.Random(11)
+    rules = [threshold_rule(n, rng) for n in range(40)]
+    debug = {r.rule_id: threshold_rule(int(r.rule_id[1:]), random.Random(0), trace="all") for r in rules}
+    level = {d: rng.uniform(-20, 0) for d in range(len(DEVICES))}
+    stream = []
+    for _ in range(4000):
+        d = rng.randrange(len(DEVICES))
+        level[d] = min(5.0, max(-25.0, level[d] + rng.gauss(0, 1.5)))
+        stream.append((d, round(level[d], 1)))
+    # Rules come in over time; some are republished unbankable (trace "all") and back, some go.
+    changes: dict[int, list[tuple[str, CompiledRule | str]]] = {}
+    for n, rule in enumerate(rules):
+        changes.setdefault(0 if n < 10 else rng.randrange(1, 3000), []).append(("put", rule))
+    for rule in rng.sample(rules[:10], 5):
+        at = rng.randrange(500, 3500)
+        changes.setdefault(at, []).append(("put", debug[rule.rule_id]))
+        changes.setdefault(at + rng.randrange(1, 400), []).append(("put", rule))
+    for rule in rng.sample(rules[10:], 5):
+        changes.setdefault(rng.randrange(3000, 4000), []).append(("remove", rule.rule_id))
+
+    def run(banked: bool) -> list[Any]:
+        index = RuleIndex()
+        live: dict[str, CompiledRule] = {}
+        states: dict[tuple[str, str], dict[str, Any]] = {}
+        values: dict[str, dict[str, MetricValue]] = {}
+        decided = []
+        for i, (d, value) in enumerate(stream):
+            for op, arg in changes.get(i, []):
+                if op == "put":
+                    assert isinstance(arg, CompiledRule)
+                    index.put(arg)
+                    live[arg.rule_id] = arg
+                else:
+                    assert isinstance(arg, str)
+                    index.remove("acme", arg)
+                    live.pop(arg)
+            device = DEVICES[d]
+            at = T0 + timedelta(seconds=i)
+            reading = Reading("acme", device.id, at, {"temp": value}, Source("test", "bank"))
+            values.setdefault(device.id, {})["temp"] = value
+            event = Event(EventKind.READING, "acme", device.id, at, reading)
+            if banked:
+                chosen = index.for_values(
+                    "acme", device, reading.metrics, lambda rid, dev=device.id: (rid, dev) in states
+                )
+            else:
+                chosen = [r for r in live.values() if r.selects(device.id, device.type_id, device.labels)]
+            for rule in chosen:
+                state = states.setdefault((rule.rule_id, device.id), {})
+                decision = rule.evaluate(event, device, values[device.id], {}, state)
+                index.banks.observe(rule, device.id, state)
+                if decision is not None and (decision.fired or decision.cleared):
+                    decided.append((i, rule.rule_id, device.id, decision.outcome))
+        return sorted(decided)
+
+    assert run(banked=True) == run(banked=False) != []
+
+
+def test_banks_are_filed_by_selector_so_other_devices_rules_are_not_scanned() -> None:
+    index = RuleIndex()
+    rng = random.Random(5)
+    for n in range(300):
+        rule = threshold_rule(n, rng)
+        store = f"s{n % 3}"
+        document = rule.document.model_copy(
+            update={"devices": rule.document.devices.model_copy(update={"labels": {"store": store}})}
+        )
+        index.put(compile_rule(document, CONTEXT, rule_id=f"r{n:03d}", version=1))
+    device = DEVICES[0]  # store s0: only a third of the rules can select it
+    primed = index.for_values("acme", device, {"temp": 100.0}, lambda _rid: False)
+    assert primed and all(r.document.devices.labels == {"store": "s0"} for r in primed)
