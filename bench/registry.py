@@ -11,12 +11,14 @@ tenants (same device ids, same labels) so that tenant filtering and RLS do real 
 
 (a) a bare primary-key SELECT, one statement per call on one open connection of the same engine
     (on PostgreSQL the tenant is set once for that connection's transaction, so RLS still applies);
-(b) the product lookup: ``async with db.tenant(t) as scope: await DeviceRepository(scope).get(id)``;
+(b) the product lookup, as GET /devices/{id} does it:
+    ``async with db.tenant(t, readonly=True) as scope: await DeviceRepository(scope).get(id)``;
 (c) a bare keyset page ``... WHERE tenant_id=:t AND id > :after ORDER BY id LIMIT 50``;
-(d) ``DeviceRepository.list`` pages: no filter, type filter, common label, rare label;
+(d) ``DeviceRepository.list`` pages in read-only scopes: no filter, type, common label, rare label;
 
-and, as diagnostics, the same bare statements inside their own tenant transaction, the product
-lookup with the pool's pre-ping turned off, bare SQL of the same shape as each filtered page,
+and, as diagnostics, the same bare statements inside their own read-only scope, the lookup
+including the background release of its connection, the lookup in a read-write scope (what GET
+endpoints used before ADR 0022), bare SQL of the same shape as each filtered page,
 driver round trips per call, and (with --explain) the plans of the product's page queries.
 Results are printed and written to bench/results/registry.md.
 """
@@ -66,7 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from devices.importer import import_devices
 from devices.registry import DeviceFilter, DeviceRepository, DeviceTypeRepository
 from model.devices import MetricSpec
-from storage.database import Database, _configure_sqlite
+from storage.database import Database
 from storage.pagination import encode_cursor
 from storage.tenancy import TenantRepository
 from tests.conftest import DbTarget, migrated_postgres, migrated_sqlite
@@ -324,9 +326,7 @@ def page_starts(ids: list[str], seed: int, shape: str, round_no: int) -> Iterato
         yield ids[rng.randrange(len(ids))]
 
 
-def make_cases(
-    db: Database, db_noping: Database, db_fresh: Database, ds: Dataset, seed: int, pages_per_walk: int
-) -> list[Case]:
+def make_cases(db: Database, db_fresh: Database, ds: Dataset, seed: int, pages_per_walk: int) -> list[Case]:
     t = MAIN_TENANT
 
     def bare_get_case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
@@ -349,7 +349,7 @@ def make_cases(
             out = CaseRun()
             for device_id in lookup_ids(ds, seed, n, round_no):
                 probe.start()
-                async with db.tenant(t) as scope:
+                async with db.tenant(t, readonly=True) as scope:
                     row = (await scope.conn.execute(BARE_GET, {"t": t, "id": device_id})).first()
                 probe.stop()
                 assert row is not None and row.id == device_id, device_id
@@ -359,14 +359,16 @@ def make_cases(
 
         return run()
 
-    def product_get_case(database: Database) -> CaseFn:
+    def product_get_case(readonly: bool = True, settle: bool = False) -> CaseFn:
         def case(n: int, probe: Probe, round_no: int) -> Awaitable[CaseRun]:
             async def run() -> CaseRun:
                 out = CaseRun()
                 for device_id in lookup_ids(ds, seed, n, round_no):
                     probe.start()
-                    async with database.tenant(t) as scope:
+                    async with db.tenant(t, readonly=readonly) as scope:
                         device = await DeviceRepository(scope).get(device_id)
+                    if settle:
+                        await db.settle()
                     probe.stop()
                     assert device.id == device_id, device_id
                     out.rows += 1
@@ -408,7 +410,7 @@ def make_cases(
                 after = next(starts)
                 for _ in range(pages_per_walk):
                     probe.start()
-                    async with db.tenant(t) as scope:
+                    async with db.tenant(t, readonly=True) as scope:
                         rows = (await scope.conn.execute(BARE_PAGE, {"t": t, "after": after})).all()
                     probe.stop()
                     out.calls += 1
@@ -429,7 +431,7 @@ def make_cases(
                     cursor: str | None = encode_cursor(next(starts))
                     for _ in range(pages_per_walk):
                         probe.start()
-                        async with db.tenant(t) as scope:
+                        async with db.tenant(t, readonly=True) as scope:
                             page = await DeviceRepository(scope).list(flt, limit=PAGE, cursor=cursor)
                         probe.stop()
                         out.calls += 1
@@ -453,11 +455,12 @@ def make_cases(
                 starts = page_starts(ids, seed, shape + ":fresh", round_no)
                 while out.calls < n:
                     # A new connection, same engine (so SQLAlchemy's compiled cache stays warm).
+                    await db_fresh.settle()
                     await db_fresh.engine.dispose()
                     await db_fresh.ping()  # connect outside the timed calls
                     for _ in range(min(FRESH_CALLS, n - out.calls)):
                         probe.start()
-                        async with db_fresh.tenant(t) as scope:
+                        async with db_fresh.tenant(t, readonly=True) as scope:
                             page = await DeviceRepository(scope).list(
                                 flt, limit=PAGE, cursor=encode_cursor(next(starts))
                             )
@@ -476,10 +479,14 @@ def make_cases(
     return [
         Case("a", "lookup", "(a) bare PK SELECT, 1 statement on an open connection", None, False,
              bare_get_case),
-        Case("b", "lookup", "(b) db.tenant() + DeviceRepository.get", "a", False, product_get_case(db)),
-        Case("a2", "lookup", "bare PK SELECT inside its own db.tenant() transaction", "a", True,
+        Case("b", "lookup", "(b) db.tenant(readonly=True) + DeviceRepository.get", "a", False,
+             product_get_case()),
+        Case("a2", "lookup", "bare PK SELECT inside its own read-only scope", "a", True,
              bare_get_txn_case),
-        Case("b2", "lookup", "(b) with pool_pre_ping=False", "a", True, product_get_case(db_noping)),
+        Case("b2", "lookup", "(b) until its connection is back in the pool (ROLLBACK included)", "a", True,
+             product_get_case(settle=True)),
+        Case("b3", "lookup", "DeviceRepository.get in a read-write db.tenant() (GETs before ADR 0022)", "a",
+             True, product_get_case(readonly=False)),
         Case("c", "page", "(c) bare PK page, 1 statement", None, False,
              bare_pages_case(BARE_PAGE, {}, ds.sorted_ids, "all")),
         Case("d0", "page", "(d) list(): no filter", "c", False,
@@ -490,7 +497,7 @@ def make_cases(
              product_pages_case(DeviceFilter(labels={"region": "north"}), ds.north_ids, "north")),
         Case("d3", "page", f"(d) list(): label store={RARE_STORE} (rare)", "c", False,
              product_pages_case(DeviceFilter(labels={"store": RARE_STORE}), ds.rare_ids, "rare")),
-        Case("c0", "page", "bare PK page inside its own db.tenant() transaction", "c", True,
+        Case("c0", "page", "bare PK page inside its own read-only scope", "c", True,
              bare_pages_txn_case),
         Case("d0f", "page", f"(d) list(): no filter, first {FRESH_CALLS} calls on new connections", "c",
              True, fresh_connection_pages_case(DeviceFilter(), ds.sorted_ids, "all"),
@@ -663,20 +670,6 @@ async def analyze(target: DbTarget) -> None:
         await engine.dispose()
 
 
-def noping_database(url: str) -> Database:
-    """The same Database, but its engine does not ping each connection at checkout (diagnostic)."""
-    db = Database(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": False}
-    if db.is_sqlite:
-        kwargs["connect_args"] = {"timeout": 30}
-    else:
-        kwargs.update(pool_size=10, max_overflow=10)
-    db.engine = create_async_engine(db.url, **kwargs)
-    if db.is_sqlite:
-        _configure_sqlite(db.engine)
-    return db
-
-
 async def explain_pages(db: Database, ds: Dataset) -> dict[str, list[str]]:
     """The plans of the exact statements DeviceRepository.list sends (captured, then EXPLAINed)."""
     plans: dict[str, list[str]] = {}
@@ -738,7 +731,6 @@ async def bench_backend(
     backend: str, target: DbTarget, ds: Dataset, args: argparse.Namespace, console: Console
 ) -> BackendResult:
     db = Database(target.app_url)
-    db_noping = noping_database(target.app_url)
     db_fresh = Database(target.app_url, pool_size=1)
     try:
         version, settings = await backend_info(db, target)
@@ -757,7 +749,7 @@ async def bench_backend(
             started = time.perf_counter()
             await analyze(target)
             console.log(f"{backend}: VACUUM (ANALYZE) took {time.perf_counter() - started:.1f}s")
-        cases = make_cases(db, db_noping, db_fresh, ds, args.seed, args.pages_per_walk)
+        cases = make_cases(db, db_fresh, ds, args.seed, args.pages_per_walk)
         timers = {case.key: Timer() for case in cases}
         runs = {case.key: CaseRun() for case in cases}
 
@@ -788,7 +780,7 @@ async def bench_backend(
                 f"p99={result.p99:,.0f}µs rows/call={result.rows_per_call:.1f}"
             )
         # Round trips per call, counted after timing so the counting wrappers cost nothing above.
-        counter = RoundTripCounter([db.engine, db_noping.engine], sqlite=db.is_sqlite)
+        counter = RoundTripCounter([db.engine], sqlite=db.is_sqlite)
         try:
             for result in results:
                 if not result.case.countable:
@@ -805,7 +797,6 @@ async def bench_backend(
         return BackendResult(backend, version, settings, stats, results, plans, load)
     finally:
         await db_fresh.dispose()
-        await db_noping.dispose()
         await db.dispose()
 
 
@@ -951,12 +942,17 @@ def write_markdown(path: Path, results: list[BackendResult], ds: Dataset, meta: 
         "- (a) and (c) run on one connection checked out once from the app engine; on PostgreSQL the "
         "tenant is set once for that connection's transaction (`set_config(..., true)`), so RLS "
         "still filters, and each call is exactly one statement / one round trip.",
-        "- (b) and (d) are the product path: each call is `async with db.tenant(t)` (pool checkout "
-        "with pre-ping, BEGIN, set_config on PostgreSQL, the query, COMMIT) and a repository call "
-        "building Device objects.",
-        "- `diag:` rows separate the costs: the bare statement inside its own `db.tenant()` "
-        "transaction; the product lookup on an engine without `pool_pre_ping`; bare SQL of the same "
-        "shape as each filtered page.",
+        "- (b) and (d) are the product path of the GET endpoints: each call is "
+        "`async with db.tenant(t, readonly=True)` and a repository call building Device objects "
+        "(ADR 0022). PostgreSQL: pool checkout, `BEGIN READ ONLY; SET LOCAL app.tenant_id = ...` in "
+        "one message, the query; the ROLLBACK and the return of the connection to the pool run after "
+        "the caller has its rows, during the next call, so their CPU is inside the measured sequence. "
+        "SQLite: pool checkout and the query in autocommit, no write lock.",
+        "- `diag:` rows separate the costs: the bare statement inside its own read-only scope; the "
+        "lookup timed until its connection is back in the pool (ROLLBACK included); the lookup in a "
+        "read-write `db.tenant()` (BEGIN, set_config, query, COMMIT; SQLite: in-process queue and "
+        "BEGIN IMMEDIATE), which is what the GET endpoints used before; bare SQL of the same shape as "
+        "each filtered page.",
         "- Pages resume after a random matching id (same start points for the bare and product "
         f"runs) and walk up to {meta['pages_per_walk']} pages via cursors; rows/call < 50 means walks "
         "reached the end of the matching set.",
@@ -967,9 +963,10 @@ def write_markdown(path: Path, results: list[BackendResult], ds: Dataset, meta: 
         "may switch to a generic plan afterwards, so this "
         "is what each new or recycled pooled connection, and each connection after a plan "
         "invalidation (e.g. autovacuum ANALYZE), pays. Round trips are not counted for it.",
-        "- Round trips/call: PostgreSQL = asyncpg socket writes (each BEGIN, statement, COMMIT, ping "
-        "is one request/response); SQLite = jobs handed to aiosqlite's worker thread (thread hops). "
-        "Counted in a separate pass after timing.",
+        "- Round trips/call: PostgreSQL = asyncpg socket writes (each BEGIN, statement, COMMIT, "
+        "ROLLBACK is one request/response, including a reader's ROLLBACK sent after the call); "
+        "SQLite = jobs handed to aiosqlite's worker thread (thread hops). Counted in a separate pass "
+        "after timing.",
         "- PostgreSQL: `VACUUM (ANALYZE)` after the import, as autovacuum would do. SQLite: no ANALYZE "
         "(the product never runs it).",
         f"- Warm-up of 10% (≥ 20 calls) per case, then {meta['rounds']} interleaved rounds (every case "

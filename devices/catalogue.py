@@ -82,7 +82,7 @@ class RegistryCatalogue:
         return found
 
     async def _load(self, tenant_id: str, device_ids: list[str]) -> dict[str, DeviceProfile]:
-        async with self._database.tenant(tenant_id) as scope:
+        async with self._database.tenant(tenant_id, readonly=True) as scope:
             stmt = (
                 scope.select(devices, devices.c.id, devices.c.labels, device_types.c.id.label("type_id"))
                 .add_columns(device_types.c.metrics, device_types.c.inactivity_timeout_s)

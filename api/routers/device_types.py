@@ -61,7 +61,7 @@ async def list_device_types(
     request: Request, principal: Annotated[Principal, Depends(require("devices:read"))]
 ) -> list[DeviceTypeOut]:
     """Every device type of the tenant."""
-    async with api_context(request).database.tenant(principal.tenant) as scope:
+    async with api_context(request).database.tenant(principal.tenant, readonly=True) as scope:
         return [_out(t) for t in await DeviceTypeRepository(scope).list()]
 
 
@@ -92,7 +92,7 @@ async def get_device_type(
     principal: Annotated[Principal, Depends(require("devices:read"))],
 ) -> DeviceTypeOut:
     """One device type; 404 for an unknown or foreign id."""
-    async with api_context(request).database.tenant(principal.tenant) as scope:
+    async with api_context(request).database.tenant(principal.tenant, readonly=True) as scope:
         return _out(await DeviceTypeRepository(scope).get(type_id))
 
 

@@ -77,7 +77,7 @@ async def list_devices(
 ) -> PageOut[DeviceOut]:
     """A keyset page of the tenant's devices in id order, filtered by type, status, labels and text."""
     flt = DeviceFilter(type_id=type, status=status_, labels=_parse_labels(label or []), text=q)
-    async with api_context(request).database.tenant(principal.tenant) as scope:
+    async with api_context(request).database.tenant(principal.tenant, readonly=True) as scope:
         page = await DeviceRepository(scope).list(flt, limit=limit, cursor=cursor)
     return PageOut[DeviceOut](items=[_out(d) for d in page.items], next_cursor=page.next_cursor)
 
@@ -109,7 +109,7 @@ async def get_device(
     principal: Annotated[Principal, Depends(require("devices:read"))],
 ) -> DeviceOut:
     """One device of the caller's tenant; 404 for an unknown or foreign id."""
-    async with api_context(request).database.tenant(principal.tenant) as scope:
+    async with api_context(request).database.tenant(principal.tenant, readonly=True) as scope:
         return _out(await DeviceRepository(scope).get(device_id))
 
 
