@@ -207,6 +207,10 @@ class HttpReceiver:
                 )
             await asyncio.sleep(_POLL_S)
 
+    def release(self) -> None:
+        """Let requests held by ``behaviour.delay_s`` finish now (and later ones pass at once)."""
+        self._release.set()
+
     def __enter__(self) -> HttpReceiver:
         self._thread.start()
         return self

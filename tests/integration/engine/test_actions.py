@@ -5,11 +5,9 @@ metrics back into the engine, run modes, schedules, alarm-triggered rules and wr
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,59 +27,20 @@ from server.settings import load_settings
 from storage.database import Database
 from tests.conftest import TenantFactory, TenantHandle
 from tests.harness.mosquitto import MosquittoServer
+from tests.harness.receivers import HttpReceiver
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 SOURCE = Source("test", "actions")
 
 
-class Receiver:
-    """A real HTTP server on a free loopback port that records POSTs (and can fail or stall)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[Any] = []
-        self.headers: list[dict[str, str]] = []
-        self.fail_first = 0
-        self.hold = threading.Event()
-        self.hold.set()
-        self.started: list[float] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = self.rfile.read(length)
-                receiver.hold.wait(10)
-                if receiver.fail_first > 0:
-                    receiver.fail_first -= 1
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                receiver.bodies.append(json.loads(body))
-                receiver.headers.append(dict(self.headers))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.hold.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
+def receiver() -> Iterator[HttpReceiver]:
+    with HttpReceiver() as r:
         yield r
-    finally:
-        r.close()
+
+
+def bodies(receiver: HttpReceiver) -> list[Any]:
+    return [hit.json() for hit in receiver.ok_hits("/hook")]
 
 
 async def _wait(predicate: Any, limit: float = 15) -> None:
@@ -142,26 +101,29 @@ async def _traces(database: Database, t: TenantHandle, rule_id: str) -> list[dic
 
 
 async def test_webhook_posts_the_rendered_body_and_retries(
-    database: Database, setup: Any, receiver: Receiver
+    database: Database, setup: Any, receiver: HttpReceiver
 ) -> None:
     t, publish, _http = setup
     body = '{"device": "{{ device.id }}", "temp": {{ values.temp }}, "rule": "{{ rule.name }}"}'
-    rule_id = await publish(_warm_rule([{"type": "webhook", "options": {"url": receiver.url, "body": body}}]))
+    rule_id = await publish(
+        _warm_rule([{"type": "webhook", "options": {"url": receiver.url(scheme="http"), "body": body}}])
+    )
     engine = _engine(database)
     await engine.load()
-    receiver.fail_first = 2  # two 503s, then success: three attempts
+    receiver.behaviour.fail_next = 2  # two 500s, then success: three attempts
     [decision] = await engine.on_reading(Reading(t.id, "fz-1", T0, {"temp": -3.5}, SOURCE))
     assert decision.fired
     await engine.drain()
-    assert receiver.bodies == [{"device": "fz-1", "temp": -3.5, "rule": "test rule"}]
-    assert receiver.headers[0]["X-Flatgigs-Rule"] == rule_id
+    await engine.executor.close()  # its HTTP client keeps connections alive
+    assert bodies(receiver) == [{"device": "fz-1", "temp": -3.5, "rule": "test rule"}]
+    assert receiver.ok_hits()[0].headers["X-Flatgigs-Rule"] == rule_id
     [trace] = await _traces(database, t, rule_id)
     [action] = trace["actions"]
     assert action["status"] == "done" and "after 3 attempt(s)" in action["detail"]
 
 
 async def test_a_webhook_that_always_fails_is_traced_as_failed_and_others_keep_running(
-    database: Database, setup: Any, receiver: Receiver
+    database: Database, setup: Any, receiver: HttpReceiver
 ) -> None:
     t, publish, _http = setup
     dead = "http://127.0.0.1:9/nothing-listens-here"
@@ -169,7 +131,7 @@ async def test_a_webhook_that_always_fails_is_traced_as_failed_and_others_keep_r
         _warm_rule(
             [
                 {"type": "webhook", "options": {"url": dead, "retries": 1, "timeout_s": 2}},
-                {"type": "webhook", "options": {"url": receiver.url}},
+                {"type": "webhook", "options": {"url": receiver.url(scheme="http")}},
             ]
         )
     )
@@ -177,14 +139,15 @@ async def test_a_webhook_that_always_fails_is_traced_as_failed_and_others_keep_r
     await engine.load()
     await engine.on_reading(Reading(t.id, "fz-1", T0, {"temp": -3.5}, SOURCE))
     await engine.drain()
+    await engine.executor.close()  # its HTTP client keeps connections alive
     [trace] = await _traces(database, t, rule_id)
     statuses = [a["status"] for a in trace["actions"]]
     assert statuses == ["failed", "done"] and "2 attempt(s)" in trace["actions"][0]["detail"]
-    assert receiver.bodies == [{}]
+    assert bodies(receiver) == [{}]
 
 
 async def test_webhook_to_a_name_resolving_to_a_private_address_is_refused_when_not_allowed(
-    database: Database, setup: Any, receiver: Receiver
+    database: Database, setup: Any, receiver: HttpReceiver
 ) -> None:
     t, publish, _http = setup
     rule_id = await publish(
@@ -287,27 +250,33 @@ async def test_derived_metric_goes_back_into_the_pipeline_and_never_loops(
     ],
 )
 async def test_run_modes_decide_what_a_second_firing_does_while_actions_run(
-    database: Database, setup: Any, receiver: Receiver, mode: str, expected: list[str]
+    database: Database, setup: Any, receiver: HttpReceiver, mode: str, expected: list[str]
 ) -> None:
     t, publish, _http = setup
     rule_id = await publish(
         _warm_rule(
-            [{"type": "webhook", "options": {"url": receiver.url, "body": '{"n": "{{ values.temp }}"}'}}],
+            [
+                {
+                    "type": "webhook",
+                    "options": {"url": receiver.url(scheme="http"), "body": '{"n": "{{ values.temp }}"}'},
+                }
+            ],
             fire="always",
             run_mode=mode,
         )
     )
     engine = _engine(database)
     await engine.load()
-    receiver.hold.clear()  # the receiver stalls: the first firing's webhook is still running
+    receiver.behaviour.delay_s = 10  # the receiver stalls: the first firing's webhook is still running
     await engine.on_reading(Reading(t.id, "fz-1", T0, {"temp": -3.0}, SOURCE))
     await _wait(lambda: bool(engine._running))
     await engine.on_reading(Reading(t.id, "fz-1", T0 + timedelta(seconds=1), {"temp": -2.0}, SOURCE))
-    receiver.hold.set()
+    receiver.release()
     await engine.drain()
+    await engine.executor.close()  # its HTTP client keeps connections alive
     traces = sorted(await _traces(database, t, rule_id), key=lambda tr: tr["at"])
     assert [tr["actions"][0]["status"] for tr in traces] == expected
-    delivered = [b["n"] for b in receiver.bodies]
+    delivered = [b["n"] for b in bodies(receiver)]
     if mode == "queued":
         assert delivered == ["-3.0", "-2.0"]  # in firing order
     elif mode == "single":
