@@ -14,6 +14,7 @@ from api.routers import (
     ingest,
     live,
     notifications,
+    rule_backtests,
     rules,
     telemetry,
     tenants,
@@ -40,6 +41,7 @@ def build_v1_router() -> APIRouter:
         ingest,
         live,
         rules,
+        rule_backtests,
         alarms,
         notifications,
     ):

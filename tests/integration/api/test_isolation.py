@@ -477,6 +477,15 @@ def first_version(_: World) -> dict[str, Any]:
     return {"version": 1}
 
 
+def backtest_window(w: World) -> dict[str, Any]:
+    # The own tenant's seeded device (named explicitly: the matrix adds devices as it goes).
+    return {"range": "last_hour", "device_ids": [w.own.ids["device"]]}
+
+
+def backtest_draft(w: World) -> dict[str, Any]:
+    return {**backtest_window(w), **new_rule(w)}
+
+
 def new_tenant(_: World) -> dict[str, Any]:
     return {"id": f"iso-new-{suffix()}", "name": "New tenant"}
 
@@ -664,6 +673,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/api/v1/rules/{rule_id}/traces"): Route("rules:read", 200, "rule"),
     ("POST", "/api/v1/rules/{rule_id}/publish"): Route("rules:write", 200, "rule", body=latest_version),
     ("POST", "/api/v1/rules/{rule_id}/restore"): Route("rules:write", 200, "rule", body=first_version),
+    ("POST", "/api/v1/rules/backtest"): Route("rules:read", 200, "rule", body=backtest_draft),
+    ("POST", "/api/v1/rules/{rule_id}/backtest"): Route("rules:read", 200, "rule", body=backtest_window),
     # Take no body: one naming another tenant is ignored.
     ("POST", "/api/v1/rules/{rule_id}/enable"): Route("rules:write", 200, "rule", tenant_id_body=200),
     ("POST", "/api/v1/rules/{rule_id}/disable"): Route("rules:write", 200, "rule", tenant_id_body=200),

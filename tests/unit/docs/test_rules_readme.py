@@ -1,5 +1,5 @@
-"""docs/rules/README.md: every JSON example is a valid rule (or part of one), and Olivia's rule does
-what the page says it does."""
+"""docs/rules/README.md: every JSON example is a valid rule (or part of one, or a backtest request),
+and Olivia's rule does what the page says it does."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from api.routers.rule_backtests import RuleBacktestIn
 from engine.backtest import replay
 from engine.compiler import CompiledRule, compile_rule
 from engine.document import RuleDocument
@@ -46,6 +47,8 @@ def _compile(document: dict[str, Any]) -> CompiledRule:
 def test_every_example_compiles(example: dict[str, Any]) -> None:
     if "when" in example:  # a whole rule
         _compile(example)
+    elif {"range", "since", "device_ids"} & set(example):  # a backtest request body
+        RuleBacktestIn.model_validate(example)
     else:  # a condition node or group, shown alone: put it where it goes
         trigger = {"type": "telemetry.received", "options": {"metrics": ["temp"]}}
         _compile({"name": "snippet", "when": [trigger], "if": [example]})
