@@ -15,6 +15,7 @@ from api.routers import (
     live,
     notifications,
     rule_backtests,
+    rule_explain,
     rules,
     telemetry,
     tenants,
@@ -42,6 +43,7 @@ def build_v1_router() -> APIRouter:
         live,
         rules,
         rule_backtests,
+        rule_explain,
         alarms,
         notifications,
     ):

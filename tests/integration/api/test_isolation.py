@@ -82,7 +82,7 @@ BODY_METHODS = frozenset({"POST", "PATCH", "PUT"})
 TIMEOUT_S = 10.0
 _PATH_PARAM = re.compile(r"\{([^}]+)\}")
 # Fields that change without any API call: token use, and device connectivity fed by ingestion.
-VOLATILE = frozenset({"last_used_at", "status", "status_changed_at", "last_seen_at"})
+VOLATILE = frozenset({"last_used_at", "status", "status_changed_at", "last_seen_at", "evaluated_at"})
 # Which seeded object fills a path parameter (Route.overrides can say otherwise).
 PARAM_KEYS = {
     "tenant_id": "tenant",
@@ -671,6 +671,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/api/v1/rules/{rule_id}/versions/{version}"): Route("rules:read", 200, "rule"),
     ("GET", "/api/v1/rules/{rule_id}/diff"): Route("rules:read", 200, "rule"),
     ("GET", "/api/v1/rules/{rule_id}/traces"): Route("rules:read", 200, "rule"),
+    ("GET", "/api/v1/rules/{rule_id}/explain/{device_id}"): Route("rules:read", 200, "rule"),
     ("POST", "/api/v1/rules/{rule_id}/publish"): Route("rules:write", 200, "rule", body=latest_version),
     ("POST", "/api/v1/rules/{rule_id}/restore"): Route("rules:write", 200, "rule", body=first_version),
     ("POST", "/api/v1/rules/backtest"): Route("rules:read", 200, "rule", body=backtest_draft),
@@ -980,8 +981,11 @@ async def own(c: Call) -> None:
         assert outcome.headers["content-type"].startswith("application/json")
         if c.method == "GET" and c.template.endswith("}"):
             body = outcome.json()
-            # A resource answers with its id; a rule version with its version number.
-            assert str(body.get("id", body.get("version"))) == values[list(values)[-1]]
+            # A resource answers with its id; a rule version with its version number; a rule
+            # explained for a device with that device.
+            last = list(values)[-1]
+            answered = body.get("device_id") if last == "device_id" else body.get("id", body.get("version"))
+            assert str(answered) == values[last]
         elif values.get("device_id") and "device_id" in outcome.json():
             assert outcome.json()["device_id"] == values["device_id"]
 
