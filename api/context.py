@@ -37,6 +37,7 @@ class ApiContext:
     live_heartbeat_s: float = 15.0
     on_bindings_changed: Callable[[set[str]], Awaitable[None]] | None = None
     on_rules_changed: Callable[[str, str], Awaitable[None]] | None = None
+    on_device_deleted: Callable[[str, str], Awaitable[None]] | None = None
     allow_private_webhooks: bool = False
     notifier: NotificationService | None = None
     alarms: AlarmService | None = None
@@ -51,6 +52,11 @@ class ApiContext:
         """Tell the engine that a rule was published, enabled, disabled or deleted."""
         if self.on_rules_changed is not None:
             await self.on_rules_changed(tenant_id, rule_id)
+
+    async def device_deleted(self, tenant_id: str, device_id: str) -> None:
+        """Tell the engine to forget what it keeps in memory for a decommissioned device."""
+        if self.on_device_deleted is not None:
+            await self.on_device_deleted(tenant_id, device_id)
 
     async def bindings_changed(self, kinds: set[str]) -> None:
         """Tell the running connectors that device bindings of ``kinds`` changed."""

@@ -218,6 +218,12 @@ class ThresholdBanks:
             self._primed[key] = newest
         return list(found.values())
 
+    def forget_device(self, tenant_id: str, device_id: str) -> None:
+        """Drop what is kept for a decommissioned device."""
+        for sets in (self._active, self._undecided, self._primed):
+            for key in [k for k in sets if k[0] == tenant_id and k[1] == device_id]:
+                del sets[key]
+
     def observe(self, rule: CompiledRule, device_id: str, state: dict[str, Any]) -> None:
         """After a banked rule was evaluated for a device: remember whether it is now active."""
         where = self._where.get((rule.tenant_id, rule.rule_id))

@@ -173,6 +173,19 @@ class RuleEngine:
                 self._zones[tenant_id] = ZoneInfo(tenant.timezone)
         await self._install(tenant_id, rule_id, version.version, version.document)
 
+    async def forget_device(self, tenant_id: str, device_id: str) -> None:
+        """A device was decommissioned: drop its cached values, states and pending timers."""
+        self._values.pop((tenant_id, device_id), None)
+        self._times.pop((tenant_id, device_id), None)
+        self._loaded.discard((tenant_id, device_id))
+        for key in [k for k in self._states if k[0] == tenant_id and k[2] == device_id]:
+            self._states.pop(key, None)
+            self._wakes.pop(key, None)
+            self._persisted_wakes.pop(key, None)
+            self._dirty.discard(key)
+            self._scheduled.pop(key, None)
+        self.index.banks.forget_device(tenant_id, device_id)
+
     def _forget(self, tenant_id: str, rule_id: str) -> None:
         for key in [k for k in self._states if k[0] == tenant_id and k[1] == rule_id]:
             self._states.pop(key, None)

@@ -108,6 +108,12 @@ class RuleStateRepository:
         )
         await self._scope.conn.execute(stmt, values)
 
+    async def delete_device(self, device_id: str) -> None:
+        """Drop the state of every rule for a device (it was decommissioned)."""
+        await self._scope.conn.execute(
+            self._scope.delete(rule_state).where(rule_state.c.device_id == device_id)
+        )
+
     async def timers(self) -> builtins.list[PendingTimer]:
         """Every pending timer of the tenant."""
         stmt = self._scope.select(

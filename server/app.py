@@ -81,6 +81,7 @@ def create_app(
         device_payload_bytes=settings.device_payload_bytes,
         on_bindings_changed=runtime.reload_bindings,
         on_rules_changed=runtime.engine.reload,
+        on_device_deleted=runtime.engine.forget_device,
         allow_private_webhooks=settings.allow_private_webhooks,
         notifier=runtime.notifier,
         alarms=runtime.alarms,

@@ -12,6 +12,7 @@ from api.context import api_context
 from api.problems import PROBLEM_RESPONSES
 from api.routers._schema import PageOut, RequestBody, Resource, changes
 from devices.registry import DeviceFilter, DeviceRepository
+from engine.store import RuleStateRepository
 from model.devices import (
     Attributes,
     Device,
@@ -132,6 +133,14 @@ async def delete_device(
     device_id: str,
     principal: Annotated[Principal, Depends(require("devices:write"))],
 ) -> None:
-    """Remove the device from the registry."""
-    async with api_context(request).database.tenant(principal.tenant) as scope:
+    """Remove the device from the registry. Its active alarms are cleared (by the caller; the
+    alarm history stays) and the rule state kept for it is dropped, so a device registered again
+    under the same id starts afresh."""
+    ctx = api_context(request)
+    async with ctx.database.tenant(principal.tenant) as scope:
         await DeviceRepository(scope).delete(device_id)
+        await RuleStateRepository(scope).delete_device(device_id)
+    await ctx.alarm_service().clear_device(
+        principal.tenant, device_id, by=principal.user_id or principal.token_id
+    )
+    await ctx.device_deleted(principal.tenant, device_id)

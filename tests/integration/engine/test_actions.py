@@ -368,3 +368,23 @@ async def test_state_and_traces_are_written_behind_and_actions_wait_for_their_st
     await again.load()
     [later] = await again.on_reading(Reading(t.id, "fz-1", T0 + timedelta(seconds=6), {"temp": -3.0}, SOURCE))
     assert later.result is True and not later.fired
+
+
+async def test_decommissioning_a_device_clears_its_alarms_and_drops_its_rule_state(
+    database: Database, setup: Any
+) -> None:
+    t, publish, http = setup
+    rule_id = await publish(_warm_rule([{"type": "alarm.raise", "options": {"alarm_type": "warm"}}]))
+    engine = _engine(database)
+    await engine.load()
+    [decision] = await engine.on_reading(Reading(t.id, "fz-1", T0, {"temp": -3.0}, SOURCE))
+    assert decision.fired
+    await engine.flush()
+    r = await http.delete("/api/v1/devices/fz-1", headers=t.headers)
+    assert r.status_code == 204, r.text
+    [alarm] = (await http.get("/api/v1/alarms", headers=t.headers)).json()["items"]
+    assert alarm["device_id"] == "fz-1" and alarm["state"] == "cleared_unack" and alarm["cleared_by"]
+    async with database.tenant(t.id) as scope:
+        assert await RuleStateRepository(scope).get(rule_id, "fz-1") == {}
+    await engine.forget_device(t.id, "fz-1")
+    assert not any(key[2] == "fz-1" for key in engine._states)
