@@ -51,6 +51,7 @@ from engine.backtest import DEFAULT_SLICE, backtest, merge_samples, rule_metrics
 from engine.compiler import CompiledRule, compile_rule
 from engine.document import RuleDocument
 from engine.evaluation import DeviceView
+from engine.examples import freezer_rule
 from engine.nodes.base import CompileContext
 from model.devices import DataType, MetricSpec
 from model.readings import Reading, Source
@@ -75,26 +76,7 @@ CATALOGUE = {
     "compressor_on": MetricSpec(name="compressor_on", data_type=DataType.BOOLEAN),
 }
 RULES: dict[str, dict[str, Any]] = {
-    "olivia": {
-        "name": "Freezer too warm",
-        "devices": {"type": "freezer"},
-        "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
-        "if": [
-            {
-                "type": "duration",
-                "options": {"seconds": 300, "clear_seconds": 120},
-                "condition": {
-                    "type": "telemetry.threshold",
-                    "options": {"metric": "temp", "value": -10, "clear_at": -12},
-                },
-            }
-        ],
-        "then": [
-            {"type": "alarm.raise", "options": {"alarm_type": "freezer-warm", "severity": "major"}},
-            {"type": "notify", "options": {"channels": ["night-shift"]}},
-        ],
-        "else": [{"type": "alarm.clear", "options": {"alarm_type": "freezer-warm"}}],
-    },
+    "olivia": freezer_rule(labels={}),
     "door": {
         "name": "Door left open",
         "devices": {"type": "freezer"},

@@ -29,6 +29,7 @@ import httpx
 from devices.registry import DeviceRepository, DeviceTypeRepository
 from engine.alarms import AlarmService
 from engine.document import RuleDocument
+from engine.examples import freezer_rule
 from engine.rules import RuleRepository
 from model.devices import DataType, MetricSpec
 from model.scopes import Role
@@ -47,25 +48,10 @@ RULES = 1_000
 
 def _rule(i: int) -> RuleDocument:
     store = f"store-{i % 500:03d}"
-    return RuleDocument.model_validate(
-        {
-            "name": f"Freezer too warm {i:04d} ({store})",
-            "devices": {"type": "freezer", "labels": {"store": store}},
-            "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
-            "if": [
-                {
-                    "type": "duration",
-                    "options": {"seconds": 300, "clear_seconds": 120},
-                    "condition": {
-                        "type": "telemetry.threshold",
-                        "options": {"metric": "temp", "value": -10 + i % 5, "clear_at": -12},
-                    },
-                }
-            ],
-            "then": [{"type": "alarm.raise", "options": {"alarm_type": "freezer-warm", "severity": "major"}}],
-            "else": [{"type": "alarm.clear", "options": {"alarm_type": "freezer-warm"}}],
-        }
+    document = freezer_rule(
+        name=f"Freezer too warm {i:04d} ({store})", labels={"store": store}, value=-10 + i % 5, channels=()
     )
+    return RuleDocument.model_validate(document)
 
 
 async def _populate(db: Database) -> str:

@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.compiler import Decision
 from storage.database import Database, TenantScope
 from storage.tables import rule_state, rule_traces
 from storage.tenancy import TenantRepository
@@ -145,24 +144,6 @@ class TraceRepository:
     async def add_many(self, rows: builtins.list[dict[str, Any]]) -> None:
         """Store many traces (rows as the engine buffers them) in one statement."""
         await self._scope.insert(rule_traces, rows)
-
-    async def add(self, decision: Decision, actions: builtins.list[dict[str, Any]]) -> None:
-        """Store one decision with its steps and the outcome of each action."""
-        await self._scope.insert(
-            rule_traces,
-            [
-                {
-                    "rule_id": decision.rule_id,
-                    "rule_version": decision.rule_version,
-                    "device_id": decision.device_id,
-                    "at": decision.at,
-                    "event": decision.event.value,
-                    "outcome": decision.outcome,
-                    "steps": [s.as_dict() for s in decision.steps],
-                    "actions": actions,
-                }
-            ],
-        )
 
     async def list(
         self,

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from devices.registry import DeviceRepository
 from engine.backtest_plan import MAX_DEVICES
+from engine.examples import freezer_rule
 from model.readings import Reading, Source
 from server.app import create_app
 from server.settings import Settings
@@ -33,26 +34,7 @@ START = (utcnow() - timedelta(hours=3)).replace(minute=0, second=0, microsecond=
 
 def olivia(value: float = -10, clear_at: float = -12) -> dict[str, Any]:
     """Above ``value`` for 5 minutes: major alarm and notification; below ``clear_at`` for 2 minutes: clear"""
-    return {
-        "name": "Freezer too warm",
-        "devices": {"type": "freezer", "labels": {"region": "north"}},
-        "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
-        "if": [
-            {
-                "type": "duration",
-                "options": {"seconds": 300, "clear_seconds": 120},
-                "condition": {
-                    "type": "telemetry.threshold",
-                    "options": {"metric": "temp", "value": value, "clear_at": clear_at},
-                },
-            }
-        ],
-        "then": [
-            {"type": "alarm.raise", "options": {"alarm_type": "freezer-warm", "severity": "major"}},
-            {"type": "notify", "options": {"channels": ["night-shift"]}},
-        ],
-        "else": [{"type": "alarm.clear", "options": {"alarm_type": "freezer-warm"}}],
-    }
+    return freezer_rule(value=value, clear_at=clear_at)
 
 
 # Per device, one reading every 10 s from START for an hour: (first index, count, temperature).

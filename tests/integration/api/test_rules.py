@@ -7,27 +7,12 @@ from typing import Any
 import httpx
 import pytest
 
+from engine.examples import freezer_rule
 from tests.conftest import TenantFactory, TenantHandle
 
 
 def olivia(value: float = -10) -> dict[str, Any]:
-    return {
-        "name": "Freezer too warm",
-        "devices": {"type": "freezer", "labels": {"region": "north"}},
-        "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
-        "if": [
-            {
-                "type": "duration",
-                "options": {"seconds": 300, "clear_seconds": 120},
-                "condition": {
-                    "type": "telemetry.threshold",
-                    "options": {"metric": "temp", "value": value, "clear_at": -12},
-                },
-            }
-        ],
-        "then": [{"type": "alarm.raise", "options": {"alarm_type": "freezer-warm", "severity": "major"}}],
-        "else": [{"type": "alarm.clear", "options": {"alarm_type": "freezer-warm"}}],
-    }
+    return freezer_rule(value=value, channels=())
 
 
 @pytest.fixture

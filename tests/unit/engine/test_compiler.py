@@ -10,28 +10,10 @@ import pytest
 
 from engine.document import MAX_DEPTH, MAX_NODES
 from engine.errors import RuleValidationError
+from engine.examples import freezer_rule
 from tests.unit.engine._rules import T0, Device, rule
 
-OLIVIA: dict[str, Any] = {
-    "name": "Freezer too warm",
-    "devices": {"type": "freezer", "labels": {"region": "north"}},
-    "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
-    "if": [
-        {
-            "type": "duration",
-            "options": {"seconds": 300, "clear_seconds": 120},
-            "condition": {
-                "type": "telemetry.threshold",
-                "options": {"metric": "temp", "operator": "above", "value": -10, "clear_at": -12},
-            },
-        }
-    ],
-    "then": [
-        {"type": "alarm.raise", "options": {"alarm_type": "freezer-warm", "severity": "major"}},
-        {"type": "notify", "options": {"channels": ["night-shift"]}},
-    ],
-    "else": [{"type": "alarm.clear", "options": {"alarm_type": "freezer-warm"}}],
-}
+OLIVIA: dict[str, Any] = freezer_rule()
 
 
 def _run(device: Device, temps: list[float], start_s: int = 0, every_s: int = 10) -> list[Any]:
