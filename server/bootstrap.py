@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devices.registry import DeviceRepository, DeviceTypeRepository
+from engine.document import RuleDocument
+from engine.examples import freezer_rule
+from engine.rules import RuleRepository
 from model.devices import DataType, MetricSpec
 from model.scopes import ROLE_SCOPES, Role
 from server.settings import Settings
@@ -133,6 +136,13 @@ async def ensure_demo(settings: Settings, database: Database) -> DemoCredentials
         wanted = _demo_devices()
         taken = await devices.existing_ids([str(d["id"]) for d in wanted])
         await devices.create_many([d for d in wanted if d["id"] not in taken])
+        rules = RuleRepository(scope)
+        if not await rules.list():
+            # Olivia's rule, alarms only (notifications need a channel the user creates), so the
+            # simulator's failing compressors show up on the alarms page.
+            document = RuleDocument.model_validate(freezer_rule(channels=()))
+            rule, version = await rules.create(document, author=user.id)
+            await rules.publish(rule.id, version.version)
     creds = DemoCredentials(DEMO_TENANT, DEMO_EMAIL, password, issued.bearer)
     _write_private(path, json.dumps(_as_dict(creds)))
     return creds

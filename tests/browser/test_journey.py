@@ -44,12 +44,19 @@ def add(page: Page, section: str, choice: str, parent: str = "", expect_path: st
         expect(page.locator(f'section.node[data-path="{expect_path}"]')).to_be_visible()
 
 
+def settled(page: Page) -> None:
+    """Wait until htmx has no request in flight (it marks the elements that made one)."""
+    page.wait_for_function("() => document.querySelectorAll('.htmx-request').length === 0")
+
+
 def create_channel(page: Page, name: str, port: int) -> None:
     """A JSON webhook channel to the test's receiver, through the kind's fields; then test it."""
     page.get_by_label("Name").fill(name)
     page.get_by_label("Kind").select_option("JSON")
+    settled(page)  # the kind's fields are swapped in: choosing a URL form before that is lost
     page.get_by_label("URL form").select_option(label="{schema}://{host}:{port}")
-    expect(page.locator("#t-port")).to_be_visible()
+    settled(page)
+    expect(page.locator("#t-port")).to_be_visible(timeout=20_000)
     page.locator("#t-schema").select_option("json")
     page.get_by_label("Hostname").fill("127.0.0.1")
     page.get_by_label("Port").fill(str(port))

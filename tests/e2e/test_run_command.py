@@ -49,6 +49,9 @@ def test_demo_serves_and_printed_credentials_work(demo: tuple[str, Path]) -> Non
     assert r.status_code == 200, r.text
     assert len(r.json()["items"]) == 20 * 9  # 20 northern stores x (6 freezers + 3 other devices)
     assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+    # Olivia's rule is there and running, so failing compressors raise alarms in the demo.
+    rules = httpx.get(f"{base}/api/v1/rules", headers={"Authorization": f"Bearer {token.group(1)}"}).json()
+    assert [(r["name"], r["status"]) for r in rules] == [("Freezer too warm", "published")]
     assert httpx.get(f"{base}/api/v1/devices").status_code == 401
 
     # The simulator started by the demo feeds it: live data appears without anything else to run.
