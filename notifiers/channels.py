@@ -61,6 +61,29 @@ class ChannelTarget:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class SealedTarget:
+    """A channel as read for delivery, its URLs still sealed: ``open`` makes the ChannelTarget."""
+
+    tenant_id: str
+    id: str
+    name: str
+    urls_sealed: str
+    quiet_hours: QuietHours | None
+    updated_at: datetime
+
+    def open(self, sealer: UrlSealer) -> ChannelTarget:
+        """The channel with its URLs opened (UnsealError when no configured key opens them)."""
+        return ChannelTarget(
+            tenant_id=self.tenant_id,
+            id=self.id,
+            name=self.name,
+            urls=tuple(sealer.open(self.urls_sealed)),
+            quiet_hours=self.quiet_hours,
+            updated_at=self.updated_at,
+        )
+
+
 def check_urls(urls: Sequence[str], *, allow_private: bool) -> list[gateway.ParsedUrl]:
     """Parse a channel's URLs; InvalidInputError naming ``urls[i]`` for the first bad one."""
     if not 1 <= len(urls) <= MAX_URLS:
@@ -125,16 +148,24 @@ class ChannelRepository:
             raise NotFoundError("notification channel", channel_id)
         return row
 
-    async def targets(self, names: Iterable[str]) -> dict[str, ChannelTarget]:
-        """The named channels that exist, opened for delivery, by name."""
-        wanted = sorted(set(names))
-        if not wanted:
-            return {}
-        stmt = self._scope.select(notification_channels).where(notification_channels.c.name.in_(wanted))
-        found = {}
-        for row in await self._scope.conn.execute(stmt):
-            found[row.name] = self._target(row)
-        return found
+    async def sealed_targets(self) -> dict[str, SealedTarget]:
+        """Every channel of the tenant as read for delivery, by name, URLs still sealed (one query:
+        the delivery service caches a tenant's channels and opens each when first used)."""
+        c = notification_channels.c
+        stmt = self._scope.select(
+            notification_channels, c.id, c.name, c.urls_sealed, c.quiet_hours, c.updated_at
+        )
+        return {
+            row.name: SealedTarget(
+                tenant_id=self._scope.tenant_id,
+                id=row.id,
+                name=row.name,
+                urls_sealed=row.urls_sealed,
+                quiet_hours=QuietHours.model_validate(row.quiet_hours) if row.quiet_hours else None,
+                updated_at=row.updated_at,
+            )
+            for row in await self._scope.conn.execute(stmt)
+        }
 
     async def target(self, channel_id: str) -> ChannelTarget:
         """One channel opened for delivery (test sends, re-sends)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,9 +19,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from model.errors import ConflictError
-from model.ids import new_id
 from notifiers import templates
-from notifiers.channels import ChannelRepository, ChannelTarget
+from notifiers.channels import ChannelRepository, ChannelTarget, SealedTarget
 from notifiers.clock import Clock, SystemClock
 from notifiers.defaults import PolicyDefaults
 from notifiers.deliveries import DeliveryLog, DeliveryRecord, DeliveryStatus
@@ -50,6 +50,34 @@ class TestResult:
     preview: str
     ok: bool
     error: str | None
+
+
+class _RecordIds:
+    """Delivery record ids, ``ntf_`` and 16 random hex digits like ``model.ids.new_id``, from
+    random bytes drawn 256 ids at a time: ``os.urandom`` releases the interpreter lock, and while
+    sender threads are busy, getting it back costs the event loop a wait per call."""
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._bytes = b""
+        self._at = 0
+
+    def next(self) -> str:
+        if self._at >= len(self._bytes):
+            self._bytes, self._at = os.urandom(8 * self._BATCH), 0
+        chunk = self._bytes[self._at : self._at + 8]
+        self._at += 8
+        return f"ntf_{chunk.hex()}"
+
+
+@dataclass(slots=True)
+class _TenantChannels:
+    """A tenant's channels as cached for delivery: all of them sealed, the used ones opened."""
+
+    loaded_at: float
+    sealed: dict[str, SealedTarget]
+    opened: dict[str, ChannelTarget]
 
 
 @dataclass(slots=True)
@@ -85,10 +113,11 @@ class NotificationService:
         self._pending: dict[tuple[str, str], DeliveryRecord] = {}
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
-        self._channels: dict[str, tuple[float, dict[str, ChannelTarget | None]]] = {}
+        self._channels: dict[str, _TenantChannels] = {}
         self._policies: dict[str, tuple[float, DeliveryPolicy]] = {}
         self._zones: dict[str, tuple[float, tzinfo]] = {}
         self._pruned: dict[str, float] = {}
+        self._ids = _RecordIds()
 
     # --- the port ---------------------------------------------------------------------------------
 
@@ -341,7 +370,7 @@ class NotificationService:
         now: datetime,
     ) -> DeliveryRecord:
         return DeliveryRecord(
-            id=new_id("ntf"),
+            id=self._ids.next(),
             tenant_id=request.tenant_id,
             channel_id=target.id if target else None,
             channel_name=name,
@@ -372,7 +401,7 @@ class NotificationService:
     def _enqueue(self, record: DeliveryRecord, target: ChannelTarget, *, log_now: bool = True) -> None:
         if log_now:
             self._log(record)
-        self.pool.enqueue(Job(record, target, asyncio.get_running_loop().time()))
+        self.pool.enqueue(Job(record, target, time.monotonic()))
 
     def _log(self, record: DeliveryRecord) -> None:
         self._pending[(record.tenant_id, record.id)] = record
@@ -403,17 +432,31 @@ class NotificationService:
 
     async def _targets(self, tenant_id: str, names: Iterable[str]) -> dict[str, ChannelTarget]:
         now = time.monotonic()
-        loaded_at, cache = self._channels.get(tenant_id, (0.0, {}))
-        if now - loaded_at > CACHE_TTL_S:
-            cache = {}
-            self._channels[tenant_id] = (now, cache)
-        missing = [n for n in names if n not in cache]
-        if missing:
+        cache = self._channels.get(tenant_id)
+        if cache is None or now - cache.loaded_at > CACHE_TTL_S:
+            # One query for all of the tenant's channels (not one per name on first use); URLs are
+            # opened when a channel is first used, and stay open while the channel is unchanged.
             async with self.database.tenant(tenant_id) as scope:
-                found = await ChannelRepository(scope, self.sealer).targets(missing)
-            for name in missing:
-                cache[name] = found.get(name)
-        return {n: t for n in names if (t := cache.get(n)) is not None}
+                sealed = await ChannelRepository(scope, self.sealer).sealed_targets()
+            kept = cache.opened if cache is not None else {}
+            opened = {
+                name: target
+                for name, target in kept.items()
+                if name in sealed
+                and sealed[name].updated_at == target.updated_at
+                and sealed[name].id == target.id
+            }
+            cache = self._channels[tenant_id] = _TenantChannels(now, sealed, opened)
+        found: dict[str, ChannelTarget] = {}
+        for name in names:
+            target = cache.opened.get(name)
+            if target is None:
+                row = cache.sealed.get(name)
+                if row is None:
+                    continue
+                target = cache.opened[name] = row.open(self.sealer)
+            found[name] = target
+        return found
 
     async def _tenant_policy(self, tenant_id: str) -> DeliveryPolicy:
         now = time.monotonic()

@@ -245,3 +245,37 @@ async def test_escalation_reaches_the_second_channel_only_while_unacknowledged(
     await service.tick()
     await service.wait_idle()
     assert len(hook.ok_hits("/manager")) == 1
+
+
+async def test_a_burst_on_one_channel_arrives_in_order_each_logged_sent_once(
+    service: NotificationService, tenants: TenantFactory, hook: HttpReceiver
+) -> None:
+    tenant = (await tenants.create("burst")).id
+    await add_channel(service, tenant, "ops", [hook.url("/ops")])
+    devices = [f"fz-{i}" for i in range(30)]  # queued faster than sent: they go to a thread in runs
+
+    for device in devices:
+        assert await service.submit(request(tenant, ("ops",), device=device)) == "queued"
+    await service.wait_idle()
+
+    hits = await hook.wait_for(30)
+    assert [hit.json()["title"].split(":")[0] for hit in hits] == devices
+    records = await log_of(service, tenant)
+    assert len(records) == 30
+    assert all((r.status, r.attempts) == (DeliveryStatus.SENT, 1) for r in records)
+
+
+async def test_a_channel_created_after_the_tenants_channels_were_cached_is_found_once_told(
+    service: NotificationService, tenants: TenantFactory, hook: HttpReceiver
+) -> None:
+    tenant = (await tenants.create("cache")).id
+    await add_channel(service, tenant, "first", [hook.url("/first")])
+    assert await service.submit(request(tenant, ("first",), device="a")) == "queued"
+    assert await service.submit(request(tenant, ("second",), device="b")) == "no_channel"
+
+    await add_channel(service, tenant, "second", [hook.url("/second")])
+    service.channels_changed(tenant)  # what the API and the editor call after a change
+
+    assert await service.submit(request(tenant, ("second",), device="c")) == "queued"
+    (hit,) = await hook.wait_for(1, path="/second")
+    assert hit.json()["title"].startswith("c:")
