@@ -188,8 +188,6 @@ def node_form(
             selected = {str(value)}
             if str(value) not in {c.value for c in choices}:
                 choices = [*choices, Choice(str(value), str(value))]
-            if name not in required or prop.get("nullable"):
-                pass
         if widget == "select" and name in required and value is None:
             choices = [Choice("", "choose…"), *choices]
         fields.append(

@@ -28,6 +28,7 @@ from engine.compiler import CompiledRule, Decision
 from engine.nodes.actions import private_address_problem
 from engine.nodes.base import ActionCall
 from model.readings import Reading, Source
+from notifiers.gateway import is_private_address
 from notifiers.policy import DeliveryPolicy
 from notifiers.port import NotificationRequest
 from notifiers.templates import TemplateProblem, render
@@ -290,16 +291,16 @@ class ActionExecutor:
         host = urlsplit(url).hostname or ""
         try:
             ipaddress.ip_address(host.strip("[]"))
-            return  # a literal public address, checked above
+            return  # a literal address, checked above
         except ValueError:
-            pass
+            pass  # a name: check every address it resolves to (the resolver is async here)
         try:
             addresses = await self.resolver(host)
         except OSError as exc:
             raise ActionFailed(f"{host} does not resolve: {exc}") from exc
         for address in addresses:
             ip = ipaddress.ip_address(address.split("%")[0])
-            if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_unspecified:
+            if is_private_address(ip):
                 raise ActionFailed(f"refused: {host} resolves to the private address {ip}")
 
     async def _publish(self, call: ActionCall, ctx: ActionContext) -> tuple[str, str] | None:

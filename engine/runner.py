@@ -179,20 +179,20 @@ class RuleEngine:
         self._times.pop((tenant_id, device_id), None)
         self._loaded.discard((tenant_id, device_id))
         for key in [k for k in self._states if k[0] == tenant_id and k[2] == device_id]:
-            self._states.pop(key, None)
-            self._wakes.pop(key, None)
-            self._persisted_wakes.pop(key, None)
-            self._dirty.discard(key)
-            self._scheduled.pop(key, None)
+            self._drop(key)
         self.index.banks.forget_device(tenant_id, device_id)
 
     def _forget(self, tenant_id: str, rule_id: str) -> None:
         for key in [k for k in self._states if k[0] == tenant_id and k[1] == rule_id]:
-            self._states.pop(key, None)
-            self._wakes.pop(key, None)
-            self._persisted_wakes.pop(key, None)
-            self._dirty.discard(key)
-            self._scheduled.pop(key, None)
+            self._drop(key)
+
+    def _drop(self, key: StateKey) -> None:
+        """Forget everything cached and pending for one (tenant, rule, device)."""
+        self._states.pop(key, None)
+        self._wakes.pop(key, None)
+        self._persisted_wakes.pop(key, None)
+        self._dirty.discard(key)
+        self._scheduled.pop(key, None)
 
     async def _install(self, tenant_id: str, rule_id: str, version: int, raw: dict[str, Any]) -> None:
         document = RuleDocument.model_validate(raw)
@@ -255,7 +255,7 @@ class RuleEngine:
             # A derived metric never re-triggers the rule that wrote it (no loops).
             rules = [r for r in rules if r.rule_id != reading.source.instance]
         event = Event(EventKind.READING, reading.tenant_id, reading.device_id, reading.ts, reading)
-        return await self._dispatch(rules, event, device) if rules else []
+        return await self._dispatch(rules, event, device, selected=True) if rules else []
 
     async def on_status(self, tenant_id: str, device_id: str, status: str, at: datetime) -> list[Decision]:
         """Evaluate the rules triggered by a device going online or offline."""
@@ -387,15 +387,22 @@ class RuleEngine:
         return DeviceView(profile.device_id, profile.type_id, profile.labels, zone)
 
     async def _dispatch(
-        self, rules: Iterable[CompiledRule], event: Event, device: DeviceView | None = None
+        self,
+        rules: Iterable[CompiledRule],
+        event: Event,
+        device: DeviceView | None = None,
+        *,
+        selected: bool = False,
     ) -> list[Decision]:
+        """Evaluate ``rules`` for the event's device (``selected``: the index already checked
+        that each rule's selector picks the device)."""
         device = device or await self._device(event.tenant_id, event.device_id)
         if device is None:
             return []
         await self._ensure_loaded(event.tenant_id, device.id)
         decisions = []
         for rule in rules:
-            if not rule.selects(device.id, device.type_id, device.labels):
+            if not selected and not rule.selects(device.id, device.type_id, device.labels):
                 continue
             try:
                 decision = await self._evaluate(rule, event, device)

@@ -173,10 +173,14 @@ def private_address_problem(host: str, *, resolve: bool = False) -> str | None:
         except OSError:
             return None  # unresolvable: the send fails on its own, with Apprise's reason
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    for address in addresses:
-        if address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified:
-            return f"{host} is (or resolves to) a loopback, private or link-local address"
+    if any(is_private_address(address) for address in addresses):
+        return f"{host} is (or resolves to) a loopback, private or link-local address"
     return None
+
+
+def is_private_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback, private, link-local or unspecified: never a target unless the settings allow it."""
+    return address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified
 
 
 def notify_type(kind: str, severity: str | None) -> str:

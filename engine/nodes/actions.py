@@ -8,7 +8,6 @@ a backtest can run the same compiled rule with no side effect at all.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -20,6 +19,7 @@ from engine.expressions import ExpressionRuntimeError, compile_expression
 from engine.nodes.base import Action, ActionCall, CompileContext, Options
 from engine.nodes.triggers import MetricName
 from engine.registry import REGISTRY, NodeKind
+from notifiers.gateway import private_address_problem as host_problem
 from notifiers.policy import DeliveryPolicy
 from notifiers.templates import TemplateProblem
 from notifiers.templates import check as check_template
@@ -117,17 +117,11 @@ class WebhookOptions(Options):
 
 
 def private_address_problem(url: str) -> str | None:
-    """Why a webhook URL points at loopback, link-local or private space (None when it does not)."""
-    host = urlsplit(url).hostname or ""
-    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
-        return f"{host} is a loopback name"
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None  # a name: re-checked against its resolved addresses when the call is made
-    if address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified:
-        return f"{address} is a loopback, private or link-local address"
-    return None
+    """Why a webhook URL points at loopback, link-local or private space (None when it does not).
+
+    A host name is checked against its resolved addresses when the call is made.
+    """
+    return host_problem(urlsplit(url).hostname or "")
 
 
 @REGISTRY.register(
