@@ -10,12 +10,13 @@ are caught when the rule is saved, with a "did you mean" suggestion.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import rule_engine  # type: ignore[import-untyped]
+from rule_engine import ast as rule_ast
 from rule_engine import errors as rule_errors
 
 from engine.errors import RuleProblem, RuleValidationError
@@ -50,6 +51,42 @@ class CompiledExpression:
     text: str
     rule: rule_engine.Rule
     symbols: frozenset[str]
+    levels: Mapping[str, tuple[float, ...] | None] = field(init=False, repr=False, compare=False)
+    """Per symbol: the sorted, distinct numeric literals it is only ever compared with, or None
+    when it is used any other way.
+
+    Computed once, when the expression is compiled, by walking the parsed tree (after rule_engine's
+    constant folding, so ``-10`` or ``2 * 5`` are literals). A symbol gets a tuple only when every
+    occurrence of it is directly one side of ``<``, ``<=``, ``>``, ``>=``, ``==`` or ``!=`` whose other
+    side is a numeric literal (any form: ``-10``, ``1e3``, ``.5``, ``0x10``), on either side, however
+    the comparisons are combined (``and``, ``or``, ``not``, compared with each other, in a ternary).
+    Any other use makes it None: arithmetic, comparison with another symbol or a non-numeric
+    literal, use as a boolean, attributes, functions, containment, and every symbol beneath a node
+    this walk does not know. A literal that is NaN, infinite, or whose float is 2**53 or larger in
+    magnitude also makes the symbol None (see below). Symbols the parser folded away (the untaken
+    branch of ``true ? a : b``) are None too.
+
+    Soundness contract (what a guard may rely on): take two assignments A and B of values to the
+    symbols. If, for every symbol s with a tuple L_s, A[s] and B[s] are both finite int/float values
+    (not bool) with ``sign(A[s] - c) == sign(B[s] - c)`` for every c in L_s (the exact sign: compare
+    with ``<``/``>``, which Python does exactly between int and float, rather than subtract), and for
+    every symbol with None A[s] and B[s] are equal and of the same type, then ``evaluate(A)`` and
+    ``evaluate(B)`` return the same result or both raise ExpressionRuntimeError. (Infinite values of
+    a symbol with levels are fine too, as every use of it is a comparison with a finite literal; NaN
+    and non-numeric values are outside the premise: treat each as its own state. "Equal" for a None
+    symbol should also tell -0.0 from 0.0, which ``temp.to_str`` can see.)
+
+    The caveat of float levels: rule_engine compares ``Decimal(str(v))`` with the literal's exact
+    Decimal, the guard compares v with the literal's float, and a literal such as ``0.1`` has no exact
+    float. Rounding to nearest is monotonic, so for any v other than float(c) both comparisons agree;
+    when v equals float(c) exactly the guard's sign is 0 even if the Decimal comparison is not
+    "equal", which is harmless because that sign-0 state holds one number only, and the guard's
+    3-way sign keeps it apart from both neighbours. This argument needs every integer near the level
+    to be a float and the float of an integer value to print exactly, hence the 2**53 bound above.
+    """
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", _levels(self.rule.statement.expression, self.symbols))
 
     def evaluate(self, values: Mapping[str, MetricValue | None]) -> bool:
         """The expression's truth for these metric values (numbers as the engine's Decimal)."""
@@ -61,6 +98,109 @@ class CompiledExpression:
             return bool(self.rule.evaluate(data))
         except (rule_errors.EngineError, ArithmeticError, TypeError, ValueError) as exc:
             raise ExpressionRuntimeError(str(getattr(exc, "message", exc))) from exc
+
+
+_COMPARISON_OPS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
+# Nodes whose result depends only on the outcomes (value or exception) of their children: the walk
+# can look inside them. Any other node type is opaque and its symbols become None.
+_TRANSPARENT: dict[type[Any], tuple[str, ...]] = {
+    rule_ast.LogicExpression: ("left", "right"),
+    rule_ast.ComparisonExpression: ("left", "right"),
+    rule_ast.ArithmeticComparisonExpression: ("left", "right"),
+    rule_ast.ArithmeticExpression: ("left", "right"),
+    rule_ast.AddExpression: ("left", "right"),
+    rule_ast.SubtractExpression: ("left", "right"),
+    rule_ast.CoalesceExpression: ("left", "right"),
+    rule_ast.UnaryExpression: ("right",),
+    rule_ast.TernaryExpression: ("condition", "case_true", "case_false"),
+    rule_ast.BooleanExpression: (),
+    rule_ast.FloatExpression: (),
+    rule_ast.StringExpression: (),
+    rule_ast.NullExpression: (),
+    rule_ast.DatetimeExpression: (),
+    rule_ast.TimedeltaExpression: (),
+    rule_ast.BytesExpression: (),
+}
+_EXACT_INTEGERS = float(2**53)
+
+
+def _level(node: Any) -> float | None:
+    """The usable float of a numeric literal node, None if the literal cannot serve as a level."""
+    value = node.value
+    if not isinstance(value, Decimal) or not value.is_finite():
+        return None
+    level = float(value) + 0.0  # -0 and 0 are the same level
+    return level if abs(level) < _EXACT_INTEGERS else None
+
+
+def _symbols_beneath(node: Any, seen: set[int] | None = None) -> Iterator[str]:
+    """Every symbol name in an opaque subtree: children found through its attributes, whatever they are."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, rule_ast.SymbolExpression):
+        yield node.name
+        return
+    if isinstance(node, tuple | list | set | frozenset):
+        children: list[Any] = list(node)
+    elif isinstance(node, dict):
+        children = [*node.keys(), *node.values()]
+    elif isinstance(node, rule_ast.ASTNodeBase):
+        names = {
+            f"_{cls.__name__.lstrip('_')}{slot}"
+            if slot.startswith("__") and not slot.endswith("__")
+            else slot
+            for cls in type(node).__mro__
+            for slot in cls.__dict__.get("__slots__", ())
+        }
+        names.update(getattr(node, "__dict__", {}))
+        names.discard("context")
+        children = [getattr(node, name, None) for name in sorted(names)]
+    else:
+        return
+    for child in children:
+        yield from _symbols_beneath(child, seen)
+
+
+def _levels(expression: Any, symbols: frozenset[str]) -> Mapping[str, tuple[float, ...] | None]:
+    """The walk behind CompiledExpression.levels (see there)."""
+    found: dict[str, set[float]] = {}
+    other: set[str] = set()
+
+    def walk(node: Any) -> None:
+        kind = type(node)
+        if kind is rule_ast.SymbolExpression:
+            other.add(node.name)
+            return
+        if kind not in _TRANSPARENT:
+            other.update(_symbols_beneath(node))
+            return
+        if kind in (rule_ast.ComparisonExpression, rule_ast.ArithmeticComparisonExpression):
+            if node.type not in _COMPARISON_OPS:
+                other.update(_symbols_beneath(node))
+                return
+            for symbol, literal in ((node.left, node.right), (node.right, node.left)):
+                if (
+                    type(symbol) is rule_ast.SymbolExpression
+                    and symbol.scope is None
+                    and type(literal) is rule_ast.FloatExpression
+                ):
+                    level = _level(literal)
+                    if level is None:
+                        other.add(symbol.name)
+                    else:
+                        found.setdefault(symbol.name, set()).add(level)
+                    return
+        for name in _TRANSPARENT[kind]:
+            walk(getattr(node, name))
+
+    walk(expression)
+    # a plain dict (read-only by its type) rather than a MappingProxyType, which cannot be deep-copied
+    return {
+        name: None if name in other or name not in found else tuple(sorted(found[name]))
+        for name in sorted(symbols)
+    }
 
 
 def compile_expression(text: str, catalogue: Mapping[str, MetricSpec], path: str) -> CompiledExpression:
