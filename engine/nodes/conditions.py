@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections.abc import Callable
 from datetime import datetime, time, timedelta
+from operator import itemgetter
 from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
@@ -255,48 +256,78 @@ class WindowCondition(Condition):
 
     options: WindowOptions
 
+    def __init__(self, path: str, options: Any, context: CompileContext, child: Condition | None) -> None:
+        super().__init__(path, options, context, child)
+        self._window = timedelta(seconds=self.options.window_s)
+
     def metrics(self) -> frozenset[str]:
         return frozenset({self.options.metric})
 
     def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
         o = self.options
         state = ctx.node_state(self.path)
-        samples: deque[tuple[str, float]] = deque(state.get("samples", []), maxlen=MAX_WINDOW_SAMPLES)
+        samples = _window_samples(state)
+        now = ctx.now
         value = (
             _number(ctx.values.get(o.metric))
             if ctx.event.reading and o.metric in ctx.event.reading.metrics
             else None
         )
         if value is not None:
-            samples.append((ctx.now.isoformat(), value))
-        horizon = ctx.now - timedelta(seconds=o.window_s)
-        while samples and _time(samples[0][0]) <= horizon:
-            samples.popleft()
-        state["samples"] = [list(s) for s in samples]
-        if not samples:
+            samples.append([now.timestamp(), value])
+        # The horizon is worked out as a datetime (whole microseconds, like every sample's time) and
+        # then made a float: epoch floats of distinct microseconds are distinct and ordered (until
+        # 2242), so samples expire exactly as they did when their times were datetimes.
+        horizon = (now - self._window).timestamp()
+        n = len(samples)
+        expired = 0
+        while expired < n and samples[expired][0] <= horizon:
+            expired += 1
+        expired = max(expired, n - MAX_WINDOW_SAMPLES)  # the oldest go first when too many
+        if expired:
+            del samples[:expired]
+            n -= expired
+        if not n:
             return None, f"no {o.metric} in the last {o.window_s:g}s", {}
-        values = [v for _, v in samples]
-        aggregate = _aggregate(o.function, values, [_time(t) for t, _ in samples])
+        aggregate = _aggregate(o.function, samples)
         if aggregate is None:
-            return None, f"{o.function} of {o.metric} needs more samples", {"samples": len(values)}
+            return None, f"{o.function} of {o.metric} needs more samples", {"samples": n}
         result = aggregate > o.value if o.operator == "above" else aggregate < o.value
         sign = ">" if o.operator == "above" else "<"
         label = f"{o.function}({o.metric}, {o.window_s:g}s)"
         detail = f"{label} {aggregate:.4g} {sign} {o.value:g} is {str(result).lower()}"
-        return result, detail, {"aggregate": aggregate, "samples": len(values)}
+        return result, detail, {"aggregate": aggregate, "samples": n}
 
 
-def _aggregate(function: str, values: list[float], times: list[datetime]) -> float | None:
+def _window_samples(state: dict[str, Any]) -> list[list[float]]:
+    """The window's ``[epoch_seconds, value]`` samples, oldest first: the state's own list.
+
+    State written before samples were floats held ISO timestamps; it is converted once.
+    """
+    samples: list[list[Any]] = state.setdefault("samples", [])
+    if samples and isinstance(samples[0][0], str):
+        samples[:] = [[_time(t).timestamp() if isinstance(t, str) else t, v] for t, v in samples]
+    return samples
+
+
+def _aggregate(function: str, samples: list[list[float]]) -> float | None:
     if function == "mean":
-        return math.fsum(values) / len(values)
+        return math.fsum(map(_value, samples)) / len(samples)
     if function == "min":
-        return min(values)
+        return min(map(_value, samples))
     if function == "max":
-        return max(values)
+        return max(map(_value, samples))
     if function == "count":
-        return float(len(values))
-    span = (times[-1] - times[0]).total_seconds()
-    return (values[-1] - values[0]) / span if len(values) > 1 and span > 0 else None
+        return float(len(samples))
+    if len(samples) < 2:
+        return None
+    # Times are whole microseconds; their floats' difference is off by less than half a microsecond
+    # (until 2106), so rounding to microseconds gives the span exactly as datetime subtraction did.
+    span = round((samples[-1][0] - samples[0][0]) * 1_000_000) / 1_000_000
+    return (samples[-1][1] - samples[0][1]) / span if span > 0 else None
+
+
+_value: Callable[[list[float]], float] = itemgetter(1)
 
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

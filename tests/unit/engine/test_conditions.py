@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
+from random import Random
 
 import pytest
 
 from engine.errors import RuleValidationError
+from engine.nodes import conditions
 from tests.unit.engine._rules import T0, Device, rule
 
 
@@ -115,6 +118,141 @@ def test_window_aggregates(function: str, value: float, expected: bool) -> None:
     for i, t in enumerate([-30, -18, -15, -12]):  # at t=60 s the first falls out of the window
         decision = d.reading(T0 + timedelta(seconds=20 * i), temp=t)
     assert decision is not None and decision.result is expected, decision.steps
+
+
+def _window(function: str, **options: object) -> dict[str, object]:
+    return {
+        "type": "aggregate.window",
+        "options": {"metric": "temp", "function": function, "window_s": 60, "value": 0, **options},
+    }
+
+
+@pytest.mark.parametrize(
+    ("function", "aggregate", "expected"),
+    [
+        ("mean", -15.0, "false"),
+        ("min", -18.0, "false"),
+        ("max", -12.0, "false"),
+        ("count", 3.0, "true"),
+        ("rate", 0.15, "true"),  # 6 degrees in 40 s
+    ],
+)
+def test_window_state_written_with_iso_timestamps_is_converted(
+    function: str, aggregate: float, expected: str
+) -> None:
+    # As stored before samples were epoch floats: at T0+60 s the first falls out of the window.
+    old = [[(T0 + timedelta(seconds=20 * i)).isoformat(), t] for i, t in enumerate([-30.0, -18.0, -15.0])]
+    d = Device(rule(**{"if": [_window(function)]}), state={"if/0": {"samples": old}})
+    decision = d.reading(T0 + timedelta(seconds=60), temp=-12)
+    assert decision is not None
+    step = next(s for s in decision.steps if s.path == "if/0")
+    assert step.inputs == {"aggregate": aggregate, "samples": 3}
+    assert step.detail == f"{function}(temp, 60s) {aggregate:.4g} > 0 is {expected}"
+    assert d.persisted()["if/0"]["samples"] == [
+        [(T0 + timedelta(seconds=s)).timestamp(), t] for s, t in [(20, -18.0), (40, -15.0), (60, -12.0)]
+    ]
+
+
+def test_window_samples_are_kept_in_place_as_epoch_floats() -> None:
+    d = _when(_window("mean"))
+    d.reading(T0, temp=-20)
+    samples = d.state["if/0"]["samples"]
+    d.reading(T0 + timedelta(seconds=30, microseconds=250_000), temp=-10.5)
+    assert d.state["if/0"]["samples"] is samples
+    assert samples == [[T0.timestamp(), -20.0], [T0.timestamp() + 30.25, -10.5]]
+    assert all(type(x) is float for sample in samples for x in sample)
+    # A timer (no new sample) still lets the old ones go, from the same list.
+    expired = d.timer(T0 + timedelta(seconds=60))
+    assert expired is not None and d.state["if/0"]["samples"] is samples and len(samples) == 1
+    empty = d.timer(T0 + timedelta(seconds=90, microseconds=250_000))
+    assert empty is not None and empty.result is None and samples == []
+    step = next(s for s in empty.steps if s.path == "if/0")
+    assert step.detail == "no temp in the last 60s" and step.inputs == {}
+
+
+def test_window_rate_needs_two_samples_and_a_time_span() -> None:
+    d = _when(_window("rate"))
+    decision = d.reading(T0, temp=1)
+    assert decision is not None
+    step = next(s for s in decision.steps if s.path == "if/0")
+    assert step.result is None and step.detail == "rate of temp needs more samples"
+    assert step.inputs == {"samples": 1}
+    assert d.reading(T0, temp=2).result is None  # type: ignore[union-attr]  two samples, no span
+    # First and last samples: from 1 at T0 to 2.5 at T0+2.5 s, 1.5 / 2.5 s = 0.6 per second.
+    later = d.reading(T0 + timedelta(seconds=2, microseconds=500_000), temp=2.5)
+    assert later is not None
+    assert next(s for s in later.steps if s.path == "if/0").inputs == {"aggregate": 0.6, "samples": 3}
+
+
+def _reference(
+    function: str, history: list[tuple[datetime, float]], now: datetime, window_s: float, cap: int
+) -> tuple[float | None, int]:
+    """The aggregate recomputed from every sample inside the window (the latest ``cap`` of them)."""
+    horizon = now - timedelta(seconds=window_s)
+    inside = [(t, v) for t, v in history if t > horizon][-cap:]
+    values = [v for _, v in inside]
+    if not values:
+        return None, 0
+    if function == "rate":
+        if len(inside) < 2:
+            return None, len(inside)
+        span = (inside[-1][0] - inside[0][0]).total_seconds()
+        return ((values[-1] - values[0]) / span if span > 0 else None), len(inside)
+    aggregates = {"mean": math.fsum(values) / len(values), "min": min(values), "max": max(values)}
+    return aggregates.get(function, float(len(values))), len(values)
+
+
+@pytest.mark.parametrize("cap", [None, 16])
+@pytest.mark.parametrize("function", ["mean", "min", "max", "count", "rate"])
+def test_window_agrees_with_recomputing_over_the_window(
+    function: str, cap: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if cap is not None:
+        monkeypatch.setattr(conditions, "MAX_WINDOW_SAMPLES", cap)
+    windows = [(45.123457, "above", -5.0), (1, "below", 0.0), (600, "above", -10.0)]
+    d = Device(
+        rule(
+            when=[{"type": "telemetry.received", "options": {"metrics": ["temp", "door_open"]}}],
+            **{"if": [_window(function, window_s=w, operator=op, value=v) for w, op, v in windows]},
+        )
+    )
+    random = Random(f"window-{function}-{cap}")
+    history: list[tuple[datetime, float]] = []
+    at = T0
+    for i in range(3000):
+        at += random.choice(
+            [
+                timedelta(0),
+                timedelta(seconds=1),  # exactly the shortest window: that sample just expires
+                timedelta(microseconds=45_123_457),
+                timedelta(microseconds=random.randrange(1, 3_000_000)),
+                timedelta(microseconds=random.randrange(1, 100_000_000)),
+            ]
+        )
+        kind = random.random()
+        if kind < 0.1:
+            decision = d.timer(at)
+        elif kind < 0.2:
+            decision = d.reading(at, door_open=random.random() < 0.5)
+        else:
+            temp: float = random.choice([random.randrange(-30, 10), round(random.uniform(-30, 10), 6)])
+            history.append((at, float(temp)))
+            decision = d.reading(at, temp=temp)
+        assert decision is not None
+        if i % 500 == 0:
+            d.state = d.persisted()  # as if read back from the database
+        for path, (window_s, operator, level) in zip(("if/0", "if/1", "if/2"), windows, strict=True):
+            step = next(s for s in decision.steps if s.path == path)
+            aggregate, n = _reference(function, history, at, window_s, cap or conditions.MAX_WINDOW_SAMPLES)
+            if n == 0:
+                assert (step.result, step.inputs) == (None, {}), (i, path)
+                assert step.detail == f"no temp in the last {window_s:g}s"
+            elif aggregate is None:
+                assert (step.result, step.inputs) == (None, {"samples": n}), (i, path)
+            else:
+                assert step.inputs == {"aggregate": aggregate, "samples": n}, (i, path)
+                assert step.result is (aggregate > level if operator == "above" else aggregate < level)
+                assert step.detail.startswith(f"{function}(temp, {window_s:g}s) {aggregate:.4g} ")
 
 
 def test_time_window_in_the_tenant_time_zone_across_midnight() -> None:
