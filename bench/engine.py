@@ -56,6 +56,7 @@ import argparse
 import asyncio
 import copy
 import cProfile
+import dataclasses
 import heapq
 import io
 import os
@@ -67,7 +68,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version as package_version
@@ -80,12 +81,13 @@ import rule_engine  # type: ignore[import-untyped]
 from engine.backtest import backtest
 from engine.banks import ThresholdBanks, bankable
 from engine.compiler import CompiledRule, compile_rule
+from engine.core import EngineCore
 from engine.document import RuleDocument
 from engine.evaluation import DeviceView, Event, EventKind
 from engine.index import RuleIndex
 from engine.nodes.base import CompileContext
 from model.devices import DataType, MetricSpec
-from model.readings import MetricValue, Reading, Source
+from model.readings import Reading, Source
 from server.simulator.signals import (
     BatterySignal,
     DoorCounterSignal,
@@ -469,25 +471,43 @@ class NoBanks(ThresholdBanks):
         return False
 
 
-def build_index(rules: Iterable[CompiledRule], *, banked: bool = True) -> RuleIndex:
-    """The index the live engine builds at start-up (``replace_all``), with or without banks."""
+def build_core(rules: Iterable[CompiledRule], *, reference: bool = False) -> EngineCore:
+    """The engine core the live engine builds at start-up (``replace_all``). ``reference``: the
+    engine before banks and guards, which evaluates every rule that applies to a reading (the
+    rules are copied without their guard)."""
+    if not reference:
+        core = EngineCore()
+        core.index.replace_all(rules)
+        return core
     index = RuleIndex()
-    if banked:
-        index.replace_all(rules)
-        return index
     index.banks = NoBanks()
     for rule in rules:
-        index.put(rule)
-    return index
+        index.put(dataclasses.replace(rule, guard=None))
+    return EngineCore(index)
+
+
+def fork(core: EngineCore, rules: Iterable[CompiledRule]) -> EngineCore:
+    """A deep copy of a warm core sharing the compiled ``rules`` (their conditions, which banks
+    hold, and their guards, which the guard memory holds)."""
+    memo: dict[int, Any] = {}
+    for rule in rules:
+        memo[id(rule)] = rule
+        if rule.guard is not None:
+            memo[id(rule.guard)] = rule.guard
+        for condition in rule.conditions:
+            memo[id(condition)] = condition
+    return copy.deepcopy(core, memo)
 
 
 def rule_shape(rule: CompiledRule, doc: Doc) -> str:
-    """What kind of rule ``doc`` (compiled as ``rule``) is, e.g. "duration(threshold)"."""
+    """What kind of rule ``doc`` (compiled as ``rule``) is, e.g. "duration(threshold), guarded"."""
     node = doc["if"][0]
     inner = node.get("condition")
     shape = f"{node['type']}({inner['type']})" if inner else node["type"]
     shape = shape.replace("telemetry.threshold", "threshold").replace("aggregate.window", "window")
-    return f"{shape}, banked" if bankable(rule) is not None else shape
+    if bankable(rule) is not None:
+        return f"{shape}, banked"
+    return f"{shape}, guarded" if rule.guard is not None else shape
 
 
 @dataclass(slots=True)
@@ -508,7 +528,7 @@ class Run:
 
     @property
     def per_second(self) -> float:
-        return self.readings / self.seconds if self.seconds else float("nan")
+        return self.readings / self.seconds if self.readings and self.seconds else float("nan")
 
     @property
     def evaluations_per_reading(self) -> float:
@@ -516,71 +536,28 @@ class Run:
         return (self.evaluations + self.timer_evaluations) / max(1, self.readings)
 
 
-@dataclass(slots=True)
-class EngineState:
-    """What a live engine keeps between readings: the index with its banks' per-device active
-    sets, latest values, rule state per (rule, device), timers."""
-
-    index: RuleIndex
-    values: defaultdict[str, dict[str, MetricValue]] = field(default_factory=lambda: defaultdict(dict))
-    times: defaultdict[str, dict[str, datetime]] = field(default_factory=lambda: defaultdict(dict))
-    states: defaultdict[tuple[str, str], dict[str, dict[str, Any]]] = field(
-        default_factory=lambda: defaultdict(dict)
-    )
-    timers: list[tuple[datetime, int, str, str]] = field(default_factory=list)  # (at, seq, rule, device)
-    pending: dict[tuple[str, str], datetime] = field(default_factory=dict)
-    seq: int = 0
-
-    def schedule(self, key: tuple[str, str], at: datetime | None) -> None:
-        """Keep one timer per (rule, device): the latest decision's ``wake_at``."""
-        if at is None:
-            self.pending.pop(key, None)
-        elif self.pending.get(key) != at:
-            self.pending[key] = at
-            self.seq += 1
-            heapq.heappush(self.timers, (at, self.seq, *key))
-
-    def fork(self, rules: Iterable[CompiledRule]) -> EngineState:
-        """A deep copy sharing the compiled ``rules`` (and their conditions, which banks hold)."""
-        memo: dict[int, Any] = {}
-        for rule in rules:
-            memo[id(rule)] = rule
-            for condition in rule.conditions:
-                memo[id(condition)] = condition
-        return copy.deepcopy(self, memo)
-
-
 Decided = list[tuple[int, str, str, str]]  # reading number, rule, device, outcome
-
-
-def known_states(states: Mapping[tuple[str, str], object], device_id: str) -> Callable[[str], bool]:
-    """``known`` for ``for_values``: whether the device has a state for the rule (as on_reading)."""
-    return lambda rule_id: (rule_id, device_id) in states
 
 
 def run_engine(
     label: str,
-    st: EngineState,
+    core: EngineCore,
     readings: Sequence[Reading],
     devices: Mapping[str, DeviceView],
-    rules_by_id: Mapping[str, CompiledRule],
     *,
     budget_s: float = float("inf"),
     evaluate: bool = True,
     decided: Decided | None = None,
     tally: Counter[str] | None = None,
 ) -> Run:
-    """Feed the readings to the engine state ``st`` as ``RuleEngine.on_reading`` does (timers
-    included, as ``fire_due_timers`` does), timing all of them.
+    """Feed the readings to ``core`` as ``RuleEngine.on_reading`` does (timers included, as
+    ``fire_due_timers`` does), timing all of them: ``take``, ``rules_for``, ``evaluate``.
 
     Stops once ``budget_s`` seconds are spent (checked every 100 readings). ``evaluate=False``:
-    the lookup alone. ``decided`` collects the firings, clears and throttles; ``tally`` counts
-    evaluations per rule id (both cost time: not for timed runs).
+    the lookup alone (``rules_for``). ``decided`` collects the firings, clears and throttles;
+    ``tally`` counts evaluations per rule id (both cost time: not for timed runs).
     """
     run = Run(label)
-    index = st.index
-    banks = index.banks
-    values, times, states, timers, pending = st.values, st.times, st.states, st.timers, st.pending
     perf = time.perf_counter
     began = perf()
     count = 0
@@ -589,53 +566,43 @@ def run_engine(
             break
         count += 1
         ts = reading.ts
-        while evaluate and timers and timers[0][0] <= ts:
-            at, _, rule_id, device_id = heapq.heappop(timers)
-            key = (rule_id, device_id)
-            if pending.get(key) != at:
-                continue
-            del pending[key]
-            event = Event(EventKind.TIMER, TENANT, device_id, at)
-            rule = rules_by_id[rule_id]
-            state = states[key]
-            decision = rule.evaluate(event, devices[device_id], values[device_id], times[device_id], state)
-            if decision is not None:
-                banks.observe(rule, device_id, state)
+        if evaluate and core.timers and core.timers[0][0] <= ts:
+            for key, at in list(core.due(ts)):
+                rule = core.index.get(TENANT, key[1])
+                if rule is None:
+                    continue
+                event = Event(EventKind.TIMER, TENANT, key[2], at)
+                decision = core.evaluate(rule, event, devices[key[2]])
+                if decision is None:
+                    continue
+                if decision.wake_at is not None and decision.wake_at > at:
+                    core.schedule(key, decision.wake_at)
                 run.timer_evaluations += 1
                 run.outcomes[decision.outcome] += 1
-                st.schedule(key, decision.wake_at if decision.wake_at and decision.wake_at > at else None)
-                if tally is not None:
-                    tally[rule_id] += 1
-                if decided is not None and (decision.fired or decision.cleared or decision.throttled):
-                    decided.append((count, rule_id, device_id, decision.outcome))
-        device = devices[reading.device_id]
-        device_id = device.id
-        device_values, device_times = values[device_id], times[device_id]
-        device_values.update(reading.metrics)
-        for name in reading.metrics:
-            device_times[name] = ts
-        if not index.triggers_on(TENANT, reading.metrics):
-            continue
-        rules = index.for_values(TENANT, device, reading.metrics, known_states(states, device_id))
-        run.matches += len(rules)
-        if not evaluate:
-            continue
-        event = Event(EventKind.READING, TENANT, device_id, ts, reading)
-        for rule in rules:
-            if not rule.selects(device_id, device.type_id, device.labels):  # as RuleEngine._dispatch
-                continue
-            key = (rule.rule_id, device_id)
-            state = states[key]
-            decision = rule.evaluate(event, device, device_values, device_times, state)
-            if decision is not None:
-                banks.observe(rule, device_id, state)
-                run.evaluations += 1
-                run.outcomes[decision.outcome] += 1
-                st.schedule(key, decision.wake_at)
                 if tally is not None:
                     tally[rule.rule_id] += 1
                 if decided is not None and (decision.fired or decision.cleared or decision.throttled):
-                    decided.append((count, rule.rule_id, device_id, decision.outcome))
+                    decided.append((count, rule.rule_id, key[2], decision.outcome))
+        if not core.take(reading):
+            continue
+        device = devices[reading.device_id]
+        rules = core.rules_for(reading, device)
+        run.matches += len(rules)
+        if not evaluate:
+            continue
+        event = Event(EventKind.READING, TENANT, device.id, ts, reading)
+        for rule in rules:
+            decision = core.evaluate(rule, event, device)
+            if decision is None:
+                continue
+            if decision.wake_at is not None:
+                core.schedule((TENANT, rule.rule_id, device.id), decision.wake_at)
+            run.evaluations += 1
+            run.outcomes[decision.outcome] += 1
+            if tally is not None:
+                tally[rule.rule_id] += 1
+            if decided is not None and (decision.fired or decision.cleared or decision.throttled):
+                decided.append((count, rule.rule_id, device.id, decision.outcome))
     run.seconds = perf() - began
     run.readings = count
     return run
@@ -664,15 +631,15 @@ def run_naive(
     return run
 
 
-def check_same_decisions(banked: Decided, unbanked: Decided, n: object) -> None:
-    """With and without banks, the engine must fire, clear and throttle exactly the same."""
-    a, b = sorted(banked), sorted(unbanked)
+def check_same_decisions(engine: Decided, reference: Decided, n: object) -> None:
+    """With and without banks and guards, the engine must fire, clear and throttle the same."""
+    a, b = sorted(engine), sorted(reference)
     if a != b:
-        only_banked = sorted(set(a) - set(b))[:5]
-        only_unbanked = sorted(set(b) - set(a))[:5]
+        only_engine = sorted(set(a) - set(b))[:5]
+        only_reference = sorted(set(b) - set(a))[:5]
         raise SystemExit(
-            f"banks change the decisions at {n} rules: {len(a)} vs {len(b)} decisions; "
-            f"only with banks {only_banked}; only without {only_unbanked}"
+            f"banks and guards change the decisions at {n} rules: {len(a)} vs {len(b)} decisions; "
+            f"only with them {only_engine}; only without {only_reference}"
         )
 
 
@@ -763,17 +730,12 @@ async def bench_backtests(days: float, sizes: Sequence[int], repeat: int) -> tup
 # --- profile ------------------------------------------------------------------------------------------
 
 
-def profile(
-    state: EngineState,
-    readings: Sequence[Reading],
-    devices: Mapping[str, DeviceView],
-    rules_by_id: Mapping[str, CompiledRule],
-) -> list[str]:
+def profile(core: EngineCore, readings: Sequence[Reading], devices: Mapping[str, DeviceView]) -> list[str]:
     """cProfile of the engine loop over ``readings`` from a warm ``state``: the top functions by own
     time, then the engine's entry points by cumulative time."""
     profiler = cProfile.Profile()
     profiler.enable()
-    run_engine("profile", state, readings, devices, rules_by_id)
+    run_engine("profile", core, readings, devices)
     profiler.disable()
     stats = pstats.Stats(profiler, stream=io.StringIO())
     entries = stats.stats.items()  # type: ignore[attr-defined]
@@ -883,15 +845,14 @@ def main(argv: list[str] | None = None) -> int:
     for n in cases:
         rules = diag_compiled if isinstance(n, str) else compiled[:n]
         case_docs = diag_docs if isinstance(n, str) else docs[:n]
-        rules_by_id = {r.rule_id: r for r in rules}
         count = len(rules)
         # Warm up once, then start every timed run from a copy of that state, as an engine that
         # has been running. The same warm-up without banks must decide exactly the same.
-        warmed = EngineState(build_index(rules))
-        unbanked = EngineState(build_index(rules, banked=False))
+        warmed = build_core(rules)
+        unbanked = build_core(rules, reference=True)
         decided: tuple[Decided, Decided] = ([], [])
-        warm_run = run_engine("warm", warmed, readings[:warm], devices, rules_by_id, decided=decided[0])
-        run_engine("warm, no banks", unbanked, readings[:warm], devices, rules_by_id, decided=decided[1])
+        warm_run = run_engine("warm", warmed, readings[:warm], devices, decided=decided[0])
+        run_engine("warm, reference", unbanked, readings[:warm], devices, decided=decided[1])
         check_same_decisions(*decided, n)
         row: dict[str, Any] = {"n": n, "rules": count, "warm decisions": len(decided[0])}
         row["warm evaluations"] = warm_run.evaluations_per_reading
@@ -899,17 +860,17 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):  # interleaved, so that a slower minute hurts every variant alike
             if isinstance(n, int):
                 runs["a"].append(run_naive("a", naive_all[:count], naive_sample, devices, naive_budget))
-            state = warmed.fork(rules)
-            runs["b"].append(run_engine("b", state, timed_readings, devices, rules_by_id, budget_s=budget))
-            state = warmed.fork(rules)
+            state = fork(warmed, rules)
+            runs["b"].append(run_engine("b", state, timed_readings, devices, budget_s=budget))
+            state = fork(warmed, rules)
             runs["b lookup"].append(
-                run_engine("b", state, timed_readings, devices, rules_by_id, budget_s=budget, evaluate=False)
+                run_engine("b", state, timed_readings, devices, budget_s=budget, evaluate=False)
             )
         row.update({key: median_run(measured) for key, measured in runs.items()})
         # Evaluations by rule shape, and the rules that apply to each reading (untimed pass).
         tally: Counter[str] = Counter()
         tallied = run_engine(
-            "tally", warmed.fork(rules), timed_readings, devices, rules_by_id, budget_s=budget, tally=tally
+            "tally", fork(warmed, rules), timed_readings, devices, budget_s=budget, tally=tally
         )
         shapes = {rule.rule_id: rule_shape(rule, doc) for rule, doc in zip(rules, case_docs, strict=True)}
         by_shape: Counter[str] = Counter()
@@ -932,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         if n == sizes[-1]:
-            profiles.append(profile(warmed.fork(rules), timed_readings, devices, rules_by_id))
+            profiles.append(profile(fork(warmed, rules), timed_readings, devices))
 
     backtest_days = 1.0 if quick else 7.0
     backtests, load_s = asyncio.run(bench_backtests(backtest_days, [1, 6], 1 if quick else 2))

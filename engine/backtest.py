@@ -31,6 +31,7 @@ from typing import Any
 
 from engine.compiler import CompiledRule, Decision, GroupCondition
 from engine.evaluation import DeviceView, Event, EventKind, TraceStep
+from engine.guards import Seen, remember
 from engine.nodes.actions import DerivedMetric
 from engine.nodes.base import Condition
 from engine.nodes.conditions import ThresholdCondition, WindowCondition
@@ -110,6 +111,7 @@ class DeviceReport:
     readings: int = 0
     evaluations: int = 0
     timer_evaluations: int = 0
+    unchanged: int = 0  # readings a guard skipped: they could not change anything (engine.guards)
     fired: int = 0
     cleared: int = 0
     throttled: int = 0
@@ -126,6 +128,7 @@ class DeviceReport:
             "readings": self.readings,
             "evaluations": self.evaluations,
             "timer_evaluations": self.timer_evaluations,
+            "unchanged": self.unchanged,
             "fired": self.fired,
             "cleared": self.cleared,
             "throttled": self.throttled,
@@ -159,6 +162,11 @@ class BacktestReport:
     def evaluations(self) -> int:
         """Evaluations of the rule (reading and timer events a trigger matched), all devices."""
         return sum(d.evaluations for d in self.devices)
+
+    @property
+    def unchanged(self) -> int:
+        """Readings whose evaluation could not change anything, skipped (engine.guards), all devices."""
+        return sum(d.unchanged for d in self.devices)
 
     @property
     def fired(self) -> int:
@@ -215,6 +223,7 @@ class BacktestReport:
                 "devices": len(self.devices),
                 "readings": self.readings,
                 "evaluations": self.evaluations,
+                "unchanged": self.unchanged,
                 "fired": self.fired,
                 "cleared": self.cleared,
                 "throttled": self.throttled,
@@ -356,6 +365,7 @@ class DeviceReplay:
         self._series_metric = series_metric
         self._series = _Downsampler(series_origin, series_every)
         self._last: datetime | None = None
+        self._seen: Seen | None = None  # what the guard saw at the last evaluation, as live
 
     def feed(self, reading: Reading) -> list[Decision]:
         """Evaluate one reading (after any timer due at or before it); the decisions made."""
@@ -379,6 +389,17 @@ class DeviceReplay:
             value = metrics.get(self._series_metric)
             if isinstance(value, int | float):
                 self._series.add(ts, float(value))
+        seen, guard = self._seen, self.rule.guard
+        if (
+            seen is not None
+            and seen.settled
+            and seen.guard is guard
+            and guard is not None
+            and guard.signature(self.values) == seen.signature
+        ):
+            # As live (engine.core): nothing this reading could change; due timers fired above.
+            self.report.unchanged += 1
+            return decisions
         event = Event(EventKind.READING, reading.tenant_id, reading.device_id, ts, reading)
         decision = self.rule.evaluate(event, self.device, self.values, times, self.state)
         if decision is not None:
@@ -414,6 +435,8 @@ class DeviceReplay:
         return decisions
 
     def _take(self, decision: Decision) -> None:
+        if self.rule.guard is not None:
+            self._seen = remember(self.rule.guard, self.values, self.state)
         report = self.report
         report.evaluations += 1
         if decision.event is EventKind.TIMER:

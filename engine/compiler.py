@@ -15,6 +15,7 @@ from typing import Any
 from engine.document import FireMode, Group, Leaf, RuleDocument, parse
 from engine.errors import RuleProblem, RuleValidationError
 from engine.evaluation import DeviceView, EvalContext, Event, EventKind, TraceStep
+from engine.guards import Guard, guard_for
 from engine.nodes.base import Action, ActionCall, CompileContext, Condition, Trigger
 from engine.registry import REGISTRY, NodeKind, NodeRegistry
 from model.readings import MetricValue
@@ -71,6 +72,7 @@ class Decision:
     calls: list[ActionCall] = field(default_factory=list)
     steps: list[TraceStep] = field(default_factory=list)
     wake_at: datetime | None = None
+    traced: bool = True  # whether the engine stores it as a trace (engine.core)
 
     @property
     def outcome(self) -> str:
@@ -81,6 +83,11 @@ class Decision:
             return "cleared"
         if self.throttled:
             return "throttled"
+        return _word(self.result)
+
+    @property
+    def result_word(self) -> str:
+        """The conditions' verdict alone: true, false or undecided."""
         return _word(self.result)
 
 
@@ -96,6 +103,7 @@ class CompiledRule:
     conditions: list[Condition]
     then: list[Action]
     otherwise: list[Action]
+    guard: Guard | None = None  # when readings can be skipped (engine.guards)
 
     @property
     def event_kinds(self) -> frozenset[EventKind]:
@@ -182,7 +190,17 @@ def compile_rule(
     ]
     if problems:
         raise RuleValidationError(problems)
-    return CompiledRule(rule_id, version, context.tenant_id, document, triggers, conditions, then, otherwise)
+    return CompiledRule(
+        rule_id,
+        version,
+        context.tenant_id,
+        document,
+        triggers,
+        conditions,
+        then,
+        otherwise,
+        guard_for(document, conditions),
+    )
 
 
 def validate(document: RuleDocument, context: CompileContext, registry: NodeRegistry = REGISTRY) -> None:

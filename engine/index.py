@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from engine.banks import ThresholdBanks
 from engine.compiler import CompiledRule
 from engine.evaluation import DeviceView, EventKind
 
 ANY_READING = ""  # the metric under which rules triggered by any reading are filed
+MAX_CACHED = 200_000  # (device, metric set) selections kept; beyond, the cache starts afresh
 SelectorKey = tuple[str, ...]  # ("id", device) | ("label", key, value) | ("type", type) | ("all",)
 
 
@@ -26,7 +28,9 @@ class RuleIndex:
     else its device type; else "all"). A device can only be selected by rules filed under its id,
     one of its labels, its type or "all", so a reading looks at (metrics + 1) x (labels + 3)
     buckets and checks the full selector only on the rules found there: the cost follows the
-    rules that may apply to the device, not the tenant's rule count.
+    rules that may apply to the device, not the tenant's rule count. The selection is cached per
+    (tenant, device, metric set) until a rule is added or removed or the device's type or labels
+    change, so a device's next readings find their rules with one look-up.
     """
 
     def __init__(self) -> None:
@@ -36,6 +40,8 @@ class RuleIndex:
         self._by_selector: dict[str, dict[tuple[str, SelectorKey], list[CompiledRule]]] = defaultdict(dict)
         self._rules: dict[tuple[str, str], CompiledRule] = {}
         self.banks = ThresholdBanks()
+        self._generation = 0  # changes with every put and remove: cached selections are stale
+        self._selected: dict[tuple[str, str, tuple[str, ...]], _Selection] = {}
 
     def __len__(self) -> int:
         return len(self._rules)
@@ -49,6 +55,7 @@ class RuleIndex:
     def put(self, rule: CompiledRule) -> None:
         """Add or replace a rule (a new published version)."""
         self.remove(rule.tenant_id, rule.rule_id)
+        self._generation += 1
         self._rules[(rule.tenant_id, rule.rule_id)] = rule
         kinds = rule.event_kinds
         if self.banks.put(rule):
@@ -72,6 +79,7 @@ class RuleIndex:
         old = self._rules.pop((tenant_id, rule_id), None)
         if old is None:
             return
+        self._generation += 1
         if (tenant_id, rule_id) in self.banks:
             self.banks.remove(tenant_id, rule_id)
             return
@@ -126,11 +134,32 @@ class RuleIndex:
     def for_device(self, tenant_id: str, device: DeviceView, metrics: Iterable[str]) -> list[CompiledRule]:
         """The rules a reading of ``device`` with these metrics triggers and whose selector picks it.
 
-        The same rules as ``for_reading`` followed by ``selects``, each once.
+        The same rules as ``for_reading`` followed by ``selects``, each once (a new list).
         """
         filed = self._by_selector.get(tenant_id)
         if not filed:
             return []
+        cache_key = (tenant_id, device.id, tuple(metrics))
+        cached = self._selected.get(cache_key)
+        if (
+            cached is not None
+            and cached.generation == self._generation
+            and cached.type_id == device.type_id
+            and cached.labels == device.labels
+        ):
+            return list(cached.rules)
+        rules = self._select(filed, device, cache_key[2])
+        if len(self._selected) >= MAX_CACHED:
+            self._selected.clear()
+        self._selected[cache_key] = _Selection(self._generation, device.type_id, dict(device.labels), rules)
+        return list(rules)
+
+    def _select(
+        self,
+        filed: Mapping[tuple[str, SelectorKey], list[CompiledRule]],
+        device: DeviceView,
+        metrics: Iterable[str],
+    ) -> list[CompiledRule]:
         keys: list[SelectorKey] = [("id", device.id), ("type", device.type_id), ("all",)]
         keys.extend(("label", k, v) for k, v in device.labels.items())
         found: dict[int, CompiledRule] = {}
@@ -143,6 +172,16 @@ class RuleIndex:
     def for_event(self, tenant_id: str, kind: EventKind) -> list[CompiledRule]:
         """The rules triggered by status, alarm or schedule events of a tenant."""
         return list(self._by_kind.get((tenant_id, kind), ()))
+
+
+@dataclass(slots=True)
+class _Selection:
+    """The rules ``for_device`` found for a device and metric set, and what they depend on."""
+
+    generation: int
+    type_id: str
+    labels: dict[str, str]
+    rules: list[CompiledRule]
 
 
 def _selector_keys(

@@ -33,19 +33,18 @@ from zoneinfo import ZoneInfo
 
 from devices.catalogue import RegistryCatalogue
 from devices.registry import DeviceFilter, DeviceRepository
-from engine.compiler import RULE_STATE, CompiledRule, Decision, compile_rule
+from engine.compiler import CompiledRule, Decision, compile_rule
 from engine.context import compile_context
-from engine.document import RuleDocument, RunMode, TraceMode
+from engine.core import EngineCore, StateKey
+from engine.document import RuleDocument, RunMode
 from engine.errors import RuleValidationError
 from engine.evaluation import DeviceView, Event, EventKind
 from engine.executors import (
-    DERIVED_SOURCE_KIND,
     ActionContext,
     ActionExecutor,
     AlarmPort,
     is_state_action,
 )
-from engine.index import RuleIndex
 from engine.nodes.base import ActionCall
 from engine.nodes.triggers import Schedule
 from engine.rules import RuleRepository
@@ -67,7 +66,6 @@ MAX_BUFFERED_TRACES = 200_000  # beyond this, traces that decided nothing are dr
 MAX_ALARM_DEPTH = 3  # alarm -> rule -> alarm chains stop here
 SCHEDULE_PAGE = 500
 
-StateKey = tuple[str, str, str]  # tenant, rule, device
 _alarm_depth: ContextVar[int] = ContextVar("alarm_depth", default=0)
 
 
@@ -105,15 +103,12 @@ class RuleEngine:
         self.allow_private_webhooks = allow_private_webhooks
         self.flush_interval = flush_interval
         self.live = live  # stored traces also go out as "trace" events to whoever asked for them
-        self.index = RuleIndex()
+        self.core = EngineCore()  # states, latest values, timers and evaluation (engine/core.py)
+        self.index = self.core.index
         self.traces_dropped = 0
-        self.evaluations = 0
         self._zones: dict[str, ZoneInfo] = {}
-        # Latest values per (tenant, device): a rule triggered by temp may read door_open.
-        self._values: dict[tuple[str, str], dict[str, MetricValue]] = {}
-        self._times: dict[tuple[str, str], dict[str, datetime]] = {}
-        # Rule state, cached; devices whose states have been read from the database.
-        self._states: dict[StateKey, dict[str, Any]] = {}
+        # Devices whose states have been read from the database; wake times as last decided and
+        # as last written.
         self._wakes: dict[StateKey, datetime | None] = {}
         self._persisted_wakes: dict[StateKey, datetime | None] = {}
         self._loaded: set[tuple[str, str]] = set()
@@ -123,9 +118,6 @@ class RuleEngine:
         self._buffered_traces = 0
         self._since_prune: dict[tuple[str, str], int] = defaultdict(int)
         self._flush_lock = asyncio.Lock()
-        # Timers: the one pending wake time per key; heap entries that differ are stale.
-        self._timers: list[tuple[datetime, str, str, str]] = []
-        self._scheduled: dict[StateKey, datetime] = {}
         # Schedules: next instant per (tenant, rule, trigger path).
         self._schedule_heap: list[tuple[datetime, str, str, str]] = []
         self._schedules: dict[tuple[str, str, str], datetime] = {}
@@ -151,7 +143,9 @@ class RuleEngine:
             self._schedule(timer.tenant_id, timer.rule_id, timer.device_id, timer.wake_at)
         self._timer_wakeup.set()
         logger.info(
-            "rule engine: %d rule(s) indexed, %d timer(s) pending", len(self.index), len(self._timers)
+            "rule engine: %d rule(s) indexed, %d timer(s) pending",
+            len(self.index),
+            len(self.core.scheduled),
         )
 
     async def reload(self, tenant_id: str, rule_id: str) -> None:
@@ -175,24 +169,20 @@ class RuleEngine:
 
     async def forget_device(self, tenant_id: str, device_id: str) -> None:
         """A device was decommissioned: drop its cached values, states and pending timers."""
-        self._values.pop((tenant_id, device_id), None)
-        self._times.pop((tenant_id, device_id), None)
         self._loaded.discard((tenant_id, device_id))
-        for key in [k for k in self._states if k[0] == tenant_id and k[2] == device_id]:
+        for key in self.core.forget_device(tenant_id, device_id):
             self._drop(key)
-        self.index.banks.forget_device(tenant_id, device_id)
 
     def _forget(self, tenant_id: str, rule_id: str) -> None:
-        for key in [k for k in self._states if k[0] == tenant_id and k[1] == rule_id]:
+        for key in self.core.forget_rule(tenant_id, rule_id):
             self._drop(key)
 
     def _drop(self, key: StateKey) -> None:
         """Forget everything cached and pending for one (tenant, rule, device)."""
-        self._states.pop(key, None)
+        self.core.drop(key)
         self._wakes.pop(key, None)
         self._persisted_wakes.pop(key, None)
         self._dirty.discard(key)
-        self._scheduled.pop(key, None)
 
     async def _install(self, tenant_id: str, rule_id: str, version: int, raw: dict[str, Any]) -> None:
         document = RuleDocument.model_validate(raw)
@@ -234,26 +224,14 @@ class RuleEngine:
         """Evaluate the rules a reading can trigger (a pipeline reading consumer)."""
         # The latest values first: a rule triggered by temp may read door_open, which can come
         # in readings that trigger no rule at all.
-        key = (reading.tenant_id, reading.device_id)
-        self._values.setdefault(key, {}).update(reading.metrics)
-        self._times.setdefault(key, {}).update(dict.fromkeys(reading.metrics, reading.ts))
-        if not self.index.triggers_on(reading.tenant_id, reading.metrics):
+        if not self.core.take(reading):
             return []  # no rule of the tenant triggers on these metrics: skip the device lookup
         device = await self._device(reading.tenant_id, reading.device_id)
         if device is None:
             return []
-        # Only the rules whose selector can pick this device (by id, label or type), not every
-        # rule of the tenant that triggers on the metric.
-        # Threshold rules in banks come only when this reading's value can flip them; the
-        # device's stored states must be known to tell which are active.
+        # The device's stored states must be known to tell which banked rules are active.
         await self._ensure_loaded(reading.tenant_id, device.id)
-        tenant_id, device_id, states = reading.tenant_id, device.id, self._states
-        rules = self.index.for_values(
-            tenant_id, device, reading.metrics, lambda rule_id: (tenant_id, rule_id, device_id) in states
-        )
-        if reading.source.kind == DERIVED_SOURCE_KIND:
-            # A derived metric never re-triggers the rule that wrote it (no loops).
-            rules = [r for r in rules if r.rule_id != reading.source.instance]
+        rules = self.core.rules_for(reading, device)
         event = Event(EventKind.READING, reading.tenant_id, reading.device_id, reading.ts, reading)
         return await self._dispatch(rules, event, device, selected=True) if rules else []
 
@@ -294,11 +272,7 @@ class RuleEngine:
         """Evaluate every timer and schedule due at ``now`` (durations completing, cron times)."""
         now = now or self.clock()
         decisions = []
-        while self._timers and self._timers[0][0] <= now:
-            wake_at, tenant_id, rule_id, device_id = heapq.heappop(self._timers)
-            if self._scheduled.get((tenant_id, rule_id, device_id)) != wake_at:
-                continue  # superseded by a later schedule for the same key
-            del self._scheduled[(tenant_id, rule_id, device_id)]
+        for (tenant_id, rule_id, device_id), wake_at in list(self.core.due(now)):
             rule = self.index.get(tenant_id, rule_id)
             if rule is None:
                 continue
@@ -343,7 +317,8 @@ class RuleEngine:
 
     def next_wakeup(self) -> datetime | None:
         """When the next timer or schedule is due (None when nothing is pending)."""
-        candidates = [h[0][0] for h in (self._timers, self._schedule_heap) if h]
+        timer = self.core.next_timer()
+        candidates = [at for at in (timer, self._schedule_heap[0][0] if self._schedule_heap else None) if at]
         return min(candidates) if candidates else None
 
     async def run_timers(self, interval: float = 1.0) -> None:
@@ -430,8 +405,8 @@ class RuleEngine:
                 stored = await RuleStateRepository(scope).for_device(device_id)
             for row in stored:
                 key = (tenant_id, row.rule_id, device_id)
-                if key not in self._states:  # an evaluation that got here first is newer
-                    self._states[key] = row.state
+                if key not in self.core.states:  # an evaluation that got here first is newer
+                    self.core.states[key] = row.state
                     self._wakes[key] = row.wake_at
                     self._persisted_wakes[key] = row.wake_at
             if self.telemetry is not None:
@@ -452,41 +427,19 @@ class RuleEngine:
         except Exception:  # values come back with the next readings; evaluation goes on
             logger.exception("latest values of %s/%s could not be read", tenant_id, device_id)
             return
-        values = self._values.setdefault((tenant_id, device_id), {})
-        times = self._times.setdefault((tenant_id, device_id), {})
+        values = self.core.values.setdefault((tenant_id, device_id), {})
+        times = self.core.times.setdefault((tenant_id, device_id), {})
         for metric, sample in latest.items():
             if metric not in values:  # a reading that arrived meanwhile is newer
                 values[metric] = sample.value
                 times[metric] = sample.ts
 
     async def _evaluate(self, rule: CompiledRule, event: Event, device: DeviceView) -> Decision | None:
-        key = (event.tenant_id, rule.rule_id, device.id)
-        state = self._states.setdefault(key, {})
-        seen = state.get(RULE_STATE, {}).get("last_at")
-        if event.kind is EventKind.TIMER and seen is not None and event.ts < datetime.fromisoformat(seen):
-            return None  # later events already moved this state past the timer
-        values_key = (event.tenant_id, device.id)
         # Evaluation is synchronous: no other evaluation of this key can interleave with it.
-        decision = rule.evaluate(
-            event, device, self._values.get(values_key, {}), self._times.get(values_key, {}), state
-        )
+        decision = self.core.evaluate(rule, event, device)
         if decision is None:
             return None
-        last = state.setdefault(RULE_STATE, {})
-        if seen is None or event.ts > datetime.fromisoformat(seen):
-            last["last_at"] = event.ts.isoformat()
-        self.index.banks.observe(rule, device.id, state)
-        outcome = decision.outcome
-        # Traces: every firing, clear and throttle, and every change of outcome for the device
-        # (the first evaluation included), so "why not?" always has an answer; the evaluations
-        # in between change nothing and are counted, not stored, unless the rule traces all.
-        traced = (
-            rule.document.trace is TraceMode.ALL
-            or outcome != last.get("last_outcome")
-            or outcome in ("fired", "cleared", "throttled")
-        )
-        last["last_outcome"] = outcome
-        self.evaluations += 1
+        key = (event.tenant_id, rule.rule_id, device.id)
         self._dirty.add(key)
         self._wakes[key] = decision.wake_at
         if decision.fired:
@@ -497,16 +450,13 @@ class RuleEngine:
             await self._write_states([key])
         if decision.wake_at is not None:
             self._schedule(event.tenant_id, rule.rule_id, device.id, decision.wake_at)
-        await self._act(rule, decision, device, dict(self._values.get(values_key, {})), traced)
+        values = self.core.values.get((event.tenant_id, device.id), {})
+        await self._act(rule, decision, device, dict(values), decision.traced)
         return decision
 
     def _schedule(self, tenant_id: str, rule_id: str, device_id: str, wake_at: datetime) -> None:
-        key = (tenant_id, rule_id, device_id)
-        if self._scheduled.get(key) == wake_at:
-            return  # already pending: one timer per key, not one per reading
-        self._scheduled[key] = wake_at
-        heapq.heappush(self._timers, (wake_at, tenant_id, rule_id, device_id))
-        self._timer_wakeup.set()
+        if self.core.schedule((tenant_id, rule_id, device_id), wake_at):
+            self._timer_wakeup.set()
 
     # --- actions ------------------------------------------------------------------------------
 
@@ -671,7 +621,7 @@ class RuleEngine:
         traces: list[dict[str, Any]],
     ) -> None:
         rows = [
-            StateRow(key[1], key[2], copy.deepcopy(self._states.get(key, {})), self._wakes.get(key))
+            StateRow(key[1], key[2], copy.deepcopy(self.core.states.get(key, {})), self._wakes.get(key))
             for key in keys
         ]
         prune = []

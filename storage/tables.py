@@ -378,6 +378,7 @@ notification_deliveries = sa.Table(
     sa.Index(None, "tenant_id", "status", "created_at", "id"),
 )
 
+
 def tenant_owned_tables() -> list[sa.Table]:
     """Every table whose rows belong to one tenant."""
     return [t for t in metadata.sorted_tables if "tenant_id" in t.c]

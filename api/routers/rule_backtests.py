@@ -104,6 +104,9 @@ class DeviceBacktestOut(BaseModel):
     readings: int
     evaluations: int
     timer_evaluations: int
+    unchanged: int = Field(
+        description="Readings not evaluated: they could not change the rule's outcome (its guard)."
+    )
     fired: int
     cleared: int
     throttled: int
@@ -120,6 +123,9 @@ class BacktestTotals(BaseModel):
     devices: int
     readings: int
     evaluations: int
+    unchanged: int = Field(
+        description="Readings not evaluated: they could not change the rule's outcome (its guard)."
+    )
     fired: int
     cleared: int
     throttled: int

@@ -362,7 +362,7 @@ async def test_state_and_traces_are_written_behind_and_actions_wait_for_their_st
     # cannot flip it and are not even evaluated (GET /rules/{id}/explain/{device} answers "why
     # not" for them); the warm one is, and its firing is traced.
     assert [tr["outcome"] for tr in traces] == ["fired"]
-    assert engine.evaluations == 1
+    assert engine.core.evaluations == 1
     # A new process reads the state back: the still-warm device does not fire a second time.
     again = _engine(database)
     await again.load()
@@ -387,4 +387,4 @@ async def test_decommissioning_a_device_clears_its_alarms_and_drops_its_rule_sta
     async with database.tenant(t.id) as scope:
         assert await RuleStateRepository(scope).get(rule_id, "fz-1") == {}
     await engine.forget_device(t.id, "fz-1")
-    assert not any(key[2] == "fz-1" for key in engine._states)
+    assert not any(key[2] == "fz-1" for key in engine.core.states)

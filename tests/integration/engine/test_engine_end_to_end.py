@@ -217,9 +217,11 @@ async def test_just_under_the_threshold_the_trace_says_why_not(
         engine = app.state.runtime.engine
 
         async def evaluated() -> bool:
-            return engine.evaluations >= 40
+            return engine.core.evaluations + engine.core.skipped >= 40
 
         await _wait(evaluated)
+        # The first reading is evaluated; the 39 others could not change anything (a guard).
+        assert (engine.core.evaluations, engine.core.skipped) == (1, 39)
         await engine.flush()
         traces = (
             await http.get(f"/api/v1/rules/{rule_id}/traces", params={"limit": 500}, headers=t.headers)

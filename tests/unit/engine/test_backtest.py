@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Sequence
@@ -48,7 +49,10 @@ def test_door_openings_of_two_minutes_never_fire() -> None:
     day = ([-18.0] * 30 + [-4.0] * 12) * 20 + [-18.0] * 30  # twenty 2-minute door openings
     report = replay(olivia(), [(DEVICE, readings(day))])
     assert report.fired == 0 and report.alarms == [] and report.notifications == 0
-    assert report.readings == len(day) and report.evaluations >= len(day)
+    timers = report.device(DEVICE.id).timer_evaluations
+    assert report.readings == len(day) == report.evaluations - timers + report.unchanged
+    # Only the first reading and the crossings of -10 and -12 are evaluated (engine.guards).
+    assert report.evaluations - timers == 1 + 2 * 20
 
 
 @pytest.mark.parametrize("every_s", [10, 70])
@@ -136,16 +140,33 @@ def _runner_loop(compiled: CompiledRule, temps: Sequence[float]) -> list[Decisio
 @pytest.mark.parametrize("seed", range(5))
 def test_replay_decides_what_the_live_loop_decides(seed: int) -> None:
     temps = _random_temps(seed, 3000)
-    replayed: list[Decision] = []
-    device = DeviceReplay(olivia(), DEVICE)
-    for reading in readings(temps):
-        replayed.extend(device.feed(reading))
+
+    def replay_all(compiled: CompiledRule) -> list[Decision]:
+        device, decided = DeviceReplay(compiled, DEVICE), []
+        for reading in readings(temps):
+            decided.extend(device.feed(reading))
+        return decided
 
     def key(d: Decision) -> tuple[Any, ...]:
         return d.at, d.event, d.outcome, [c.node for c in d.calls], [s.detail for s in d.steps]
 
+    def changes(decisions: list[Decision]) -> list[tuple[Any, ...]]:
+        """The decisions that act, or whose result differs from the previous one's."""
+        results = [None, *(d.result_word for d in decisions)]
+        return [
+            key(d)
+            for d, before in zip(decisions, results, strict=False)
+            if d.fired or d.cleared or d.throttled or d.result_word != before
+        ]
+
     live = _runner_loop(olivia(), temps)
-    assert [key(d) for d in replayed] == [key(d) for d in live]
+    # Without its guard, the replay evaluates every reading and decides exactly as the loop.
+    assert [key(d) for d in replay_all(dataclasses.replace(olivia(), guard=None))] == [key(d) for d in live]
+    # With it (as live), it skips the readings that could not change anything: the same firings,
+    # clears and changes of result, with the same explanations, from far fewer evaluations.
+    replayed = replay_all(olivia())
+    assert changes(replayed) == changes(live)
+    assert len(replayed) < len(live) / 5
     assert any(d.fired for d in live) and any(d.cleared for d in live)
     # A timer left pending by a door opening fires and decides nothing new, as in the runner.
     assert any(d.event is EventKind.TIMER and d.outcome == "false" for d in live)

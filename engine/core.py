@@ -1,0 +1,182 @@
+"""The engine's synchronous core: what a reading reaches, what each evaluation decides, timers.
+
+``RuleEngine`` (engine/runner.py) wraps this with everything that waits: looking devices up,
+loading stored states, writing state and traces behind, running actions. ``bench/engine.py``
+drives the same core, so what it measures is the code the live engine runs per reading.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from engine.compiler import RULE_STATE, CompiledRule, Decision
+from engine.document import TraceMode
+from engine.evaluation import DeviceView, Event, EventKind
+from engine.executors import DERIVED_SOURCE_KIND
+from engine.guards import Seen, remember, worth_evaluating
+from engine.index import RuleIndex
+from model.readings import MetricValue, Reading
+
+StateKey = tuple[str, str, str]  # tenant, rule, device
+DeviceKey = tuple[str, str]  # tenant, device
+
+
+class EngineCore:
+    """Rule state, latest values and timers in memory, and the evaluation of one rule for one event.
+
+    * ``values`` / ``times``: the latest value (and its time) of every metric per device: a rule
+      triggered by temp may read door_open, which came in a reading that triggered nothing.
+    * ``states``: per (tenant, rule, device), the nodes' state (plain JSON, what is persisted).
+    * ``seen``: per guarded (tenant, rule, device), what its last evaluation saw (engine.guards).
+    * ``scheduled``: the one pending wake time per key; ``timers`` is the heap behind it, where an
+      entry that differs from ``scheduled`` is stale.
+    """
+
+    def __init__(self, index: RuleIndex | None = None) -> None:
+        self.index = index if index is not None else RuleIndex()
+        self.values: dict[DeviceKey, dict[str, MetricValue]] = {}
+        self.times: dict[DeviceKey, dict[str, datetime]] = {}
+        self.states: dict[StateKey, dict[str, Any]] = {}
+        self.seen: dict[StateKey, Seen] = {}
+        self.scheduled: dict[StateKey, datetime] = {}
+        self.timers: list[tuple[datetime, str, str, str]] = []
+        self.evaluations = 0
+        self.skipped = 0  # guarded evaluations a reading did not need
+
+    # --- readings -------------------------------------------------------------------------------
+
+    def take(self, reading: Reading) -> bool:
+        """Keep the reading's values; whether any rule of its tenant triggers on its metrics."""
+        key = (reading.tenant_id, reading.device_id)
+        values = self.values.get(key)
+        if values is None:
+            values = self.values[key] = {}
+            self.times[key] = {}
+        values.update(reading.metrics)
+        self.times[key].update(dict.fromkeys(reading.metrics, reading.ts))
+        return self.index.triggers_on(reading.tenant_id, reading.metrics)
+
+    def rules_for(self, reading: Reading, device: DeviceView) -> list[CompiledRule]:
+        """The rules to evaluate for a reading (already taken) of ``device``.
+
+        Only the rules whose selector can pick the device (by id, label or type); threshold
+        rules in banks only when this reading's values can flip them (which needs the device's
+        stored states loaded, to know which are active); guarded rules only when their inputs
+        moved past a level, a count is running or a timer is due.
+        """
+        tenant_id, device_id, states = reading.tenant_id, device.id, self.states
+        rules = self.index.for_values(
+            tenant_id, device, reading.metrics, lambda rule_id: (tenant_id, rule_id, device_id) in states
+        )
+        if reading.source.kind == DERIVED_SOURCE_KIND:
+            # A derived metric never re-triggers the rule that wrote it (no loops).
+            rules = [r for r in rules if r.rule_id != reading.source.instance]
+        found = len(rules)
+        rules = worth_evaluating(
+            rules,
+            tenant_id,
+            device_id,
+            self.values[(tenant_id, device_id)],
+            reading.ts,
+            self.seen,
+            self.scheduled,
+        )
+        self.skipped += found - len(rules)
+        return rules
+
+    # --- evaluation -----------------------------------------------------------------------------
+
+    def evaluate(self, rule: CompiledRule, event: Event, device: DeviceView) -> Decision | None:
+        """Evaluate ``rule`` for the event's device; None when no trigger matched (or the event
+        is a timer that later events made stale). Updates the state, the banks and the guard
+        memory; ``decision.traced`` says whether the decision should be stored as a trace."""
+        key = (event.tenant_id, rule.rule_id, device.id)
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = {}
+        last = state.get(RULE_STATE)
+        seen = last.get("last_at") if last else None
+        if event.kind is EventKind.TIMER and seen is not None and event.ts < datetime.fromisoformat(seen):
+            return None  # later events already moved this state past the timer
+        values_key = (event.tenant_id, device.id)
+        values = self.values.get(values_key)
+        if values is None:
+            values = self.values[values_key] = {}
+            self.times[values_key] = {}
+        decision = rule.evaluate(event, device, values, self.times[values_key], state)
+        if decision is None:
+            return None
+        last = state[RULE_STATE]  # evaluate made it
+        if seen is None or event.ts > datetime.fromisoformat(seen):
+            last["last_at"] = event.ts.isoformat()
+        self.index.banks.observe(rule, device.id, state)
+        if rule.guard is not None:
+            self.seen[key] = remember(rule.guard, values, state)
+        # Traces: every firing, clear and throttle, and every change of result for the device
+        # (the first evaluation included), so "why not?" always has an answer; the evaluations
+        # in between change nothing and are counted, not stored, unless the rule traces all.
+        result = decision.result_word
+        decision.traced = (
+            rule.document.trace is TraceMode.ALL
+            or result != last.get("last_result")
+            or decision.fired
+            or decision.cleared
+            or decision.throttled
+        )
+        last["last_result"] = result
+        last.pop("last_outcome", None)  # what states kept before guards (ADR 0026)
+        self.evaluations += 1
+        return decision
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    def schedule(self, key: StateKey, wake_at: datetime) -> bool:
+        """Ask for a timer event at ``wake_at`` (one pending per key); whether it is new."""
+        if self.scheduled.get(key) == wake_at:
+            return False  # already pending: one timer per key, not one per reading
+        self.scheduled[key] = wake_at
+        heapq.heappush(self.timers, (wake_at, *key))
+        return True
+
+    def due(self, now: datetime) -> Iterator[tuple[StateKey, datetime]]:
+        """Pop the timers due at ``now`` (each key with its wake time), oldest first."""
+        timers, scheduled = self.timers, self.scheduled
+        while timers and timers[0][0] <= now:
+            wake_at, tenant_id, rule_id, device_id = heapq.heappop(timers)
+            key = (tenant_id, rule_id, device_id)
+            if scheduled.get(key) != wake_at:
+                continue  # superseded by a later schedule for the same key
+            del scheduled[key]
+            yield key, wake_at
+
+    def next_timer(self) -> datetime | None:
+        """When the next timer is due (stale heap entries included: they cost one wake-up)."""
+        return self.timers[0][0] if self.timers else None
+
+    # --- forgetting -----------------------------------------------------------------------------
+
+    def drop(self, key: StateKey) -> None:
+        """Forget the state, guard memory and pending timer of one (tenant, rule, device)."""
+        self.states.pop(key, None)
+        self.seen.pop(key, None)
+        self.scheduled.pop(key, None)
+
+    def forget_device(self, tenant_id: str, device_id: str) -> list[StateKey]:
+        """Forget a decommissioned device; the keys dropped."""
+        self.values.pop((tenant_id, device_id), None)
+        self.times.pop((tenant_id, device_id), None)
+        keys = [k for k in self.states if k[0] == tenant_id and k[2] == device_id]
+        for key in keys:
+            self.drop(key)
+        self.index.banks.forget_device(tenant_id, device_id)
+        return keys
+
+    def forget_rule(self, tenant_id: str, rule_id: str) -> list[StateKey]:
+        """Forget every device's state of a rule; the keys dropped."""
+        keys = [k for k in self.states if k[0] == tenant_id and k[1] == rule_id]
+        for key in keys:
+            self.drop(key)
+        return keys
