@@ -395,6 +395,7 @@ class DeviceReplay:
             and seen.settled
             and seen.guard is guard
             and guard is not None
+            and guard.window is None  # a window takes every sample: evaluated (live, it is absorbed)
             and guard.signature(self.values) == seen.signature
         ):
             # As live (engine.core): nothing this reading could change; due timers fired above.
@@ -436,7 +437,7 @@ class DeviceReplay:
 
     def _take(self, decision: Decision) -> None:
         if self.rule.guard is not None:
-            self._seen = remember(self.rule.guard, self.values, self.state)
+            self._seen = remember(self.rule.guard, self.values, self.state, decision.result)
         report = self.report
         report.evaluations += 1
         if decision.event is EventKind.TIMER:

@@ -61,6 +61,19 @@ class _Bank:
 
 
 Key = tuple[str, str, str]  # tenant, device, metric
+MAX_FILED = 200_000  # cached (device, metric) bank lists; beyond, the cache starts afresh
+_NONE: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class _Filed:
+    """The banks a device's readings of a metric look at, as of a generation of the banks."""
+
+    generation: int
+    type_id: str
+    labels: dict[str, str]
+    banks: list[_Bank]
+    newest: int  # the newest generation among them
 
 
 def bankable(rule: CompiledRule) -> tuple[str, ThresholdCondition] | None:
@@ -100,6 +113,7 @@ class ThresholdBanks:
         self._active: dict[Key, set[str]] = {}
         self._undecided: dict[Key, set[str]] = {}
         self._primed: dict[Key, int] = {}
+        self._filed: dict[Key, _Filed] = {}  # per (tenant, device, metric): its banks, cached
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._where
@@ -177,17 +191,22 @@ class ThresholdBanks:
         """
         if (tenant_id, metric) not in self._metrics:
             return []
-        skeys: list[SelectorKey] = [("id", device.id), ("type", device.type_id), ("all",)]
-        skeys.extend(("label", k, v) for k, v in device.labels.items())
-        banks = [b for skey in skeys if (b := self._banks.get((tenant_id, metric, skey))) is not None]
+        key = (tenant_id, device.id, metric)
+        filed = self._filed.get(key)
+        if (
+            filed is None
+            or filed.generation != self._generation
+            or filed.type_id != device.type_id
+            or filed.labels != device.labels
+        ):
+            filed = self._file(key, device)
+        banks = filed.banks
         if not banks:
             return []
-        key = (tenant_id, device.id, metric)
         number = None if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
         primed = self._primed.get(key, -1)
-        newest = max(b.generation for b in banks)
-        active = self._active.get(key, set())
-        undecided = self._undecided.get(key, set())
+        active = self._active.get(key, _NONE)
+        undecided = self._undecided.get(key, _NONE)
         found: dict[str, CompiledRule] = {}
         for bank in banks:
             ids: list[str] = []
@@ -203,24 +222,49 @@ class ThresholdBanks:
                 ]
             if number is not None:
                 v = number
-                crossed_up = bank.above[: bisect.bisect_left(bank.above, (v, ""))]  # levels below v
-                crossed_down = bank.below[bisect.bisect_right(bank.below, (v, "\uffff")) :]  # above v
-                ids += [rid for _, rid in crossed_up if rid not in active]
-                ids += [rid for _, rid in crossed_down if rid not in active]
-                ids += [rid for rid in active if rid in bank.entries and bank.entries[rid].clears(v)]
-            ids += [rid for rid in undecided if rid in bank.entries]
+                above, below = bank.above, bank.below
+                if above and above[0][0] < v:  # some levels below v
+                    ids += [
+                        rid for _, rid in above[: bisect.bisect_left(above, (v, ""))] if rid not in active
+                    ]
+                if below and below[-1][0] > v:  # some levels above v
+                    ids += [
+                        rid
+                        for _, rid in below[bisect.bisect_right(below, (v, "\uffff")) :]
+                        if rid not in active
+                    ]
+                if active:
+                    ids += [rid for rid in active if rid in bank.entries and bank.entries[rid].clears(v)]
+            if undecided:
+                ids += [rid for rid in undecided if rid in bank.entries]
+            if not ids:
+                continue
             for rid in ids:  # an undecided rule may also be among the crossed ones: once each
                 if rid not in found:
                     rule = bank.entries[rid].rule
                     if rule.selects(device.id, device.type_id, device.labels):
                         found[rid] = rule
-        if primed < newest:
-            self._primed[key] = newest
+        if primed < filed.newest:
+            self._primed[key] = filed.newest
         return list(found.values())
+
+    def _file(self, key: Key, device: DeviceView) -> _Filed:
+        """The banks whose rules can select the device (by its id, type, labels or all)."""
+        tenant_id, _device_id, metric = key
+        skeys: list[SelectorKey] = [("id", device.id), ("type", device.type_id), ("all",)]
+        skeys.extend(("label", k, v) for k, v in device.labels.items())
+        banks = [b for skey in skeys if (b := self._banks.get((tenant_id, metric, skey))) is not None]
+        newest = max((b.generation for b in banks), default=-1)
+        if len(self._filed) >= MAX_FILED:
+            self._filed.clear()
+        filed = self._filed[key] = _Filed(
+            self._generation, device.type_id, dict(device.labels), banks, newest
+        )
+        return filed
 
     def forget_device(self, tenant_id: str, device_id: str) -> None:
         """Drop what is kept for a decommissioned device."""
-        for sets in (self._active, self._undecided, self._primed):
+        for sets in (self._active, self._undecided, self._primed, self._filed):
             for key in [k for k in sets if k[0] == tenant_id and k[1] == device_id]:
                 del sets[key]
 

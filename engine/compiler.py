@@ -199,7 +199,7 @@ def compile_rule(
         conditions,
         then,
         otherwise,
-        guard_for(document, conditions),
+        guard_for(document, conditions, triggers, [*then, *otherwise]),
     )
 
 

@@ -8,7 +8,8 @@ drives the same core, so what it measures is the code the live engine runs per r
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,12 +17,26 @@ from engine.compiler import RULE_STATE, CompiledRule, Decision
 from engine.document import TraceMode
 from engine.evaluation import DeviceView, Event, EventKind
 from engine.executors import DERIVED_SOURCE_KIND
-from engine.guards import Seen, remember, worth_evaluating
+from engine.guards import LevelGroup, Seen, remember, worth_evaluating
 from engine.index import RuleIndex
 from model.readings import MetricValue, Reading
 
 StateKey = tuple[str, str, str]  # tenant, rule, device
 DeviceKey = tuple[str, str]  # tenant, device
+MAX_PLANS = 200_000  # cached (device, metric set) plans; beyond, plans and groups start afresh
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How a reading of a device with a metric set finds its rules: ``single`` are checked one by
+    one, the others through their metric's level group."""
+
+    generation: int
+    drops: int
+    type_id: str
+    labels: dict[str, str]
+    single: list[CompiledRule]
+    groups: list[tuple[str, LevelGroup]]
 
 
 class EngineCore:
@@ -45,6 +60,11 @@ class EngineCore:
         self.timers: list[tuple[datetime, str, str, str]] = []
         self.evaluations = 0
         self.skipped = 0  # guarded evaluations a reading did not need
+        # Per (tenant, device, metric set): which rules a reading checks one by one and which in
+        # level groups; per (tenant, device, metric): the level groups (engine.guards.LevelGroup).
+        self._plans: dict[tuple[str, str, tuple[str, ...]], _Plan] = {}
+        self._groups: dict[tuple[str, str, str], LevelGroup] = {}
+        self._drops = 0  # changes whenever remembered signatures are dropped: groups start afresh
 
     # --- readings -------------------------------------------------------------------------------
 
@@ -68,24 +88,71 @@ class EngineCore:
         moved past a level, a count is running or a timer is due.
         """
         tenant_id, device_id, states = reading.tenant_id, device.id, self.states
-        rules = self.index.for_values(
-            tenant_id, device, reading.metrics, lambda rule_id: (tenant_id, rule_id, device_id) in states
+        metrics = reading.metrics
+        plan = self._plan(tenant_id, device, metrics)
+        banked = self.index.banked(
+            tenant_id, device, metrics, lambda rule_id: (tenant_id, rule_id, device_id) in states
         )
+        single = plan.single
         if reading.source.kind == DERIVED_SOURCE_KIND:
-            # A derived metric never re-triggers the rule that wrote it (no loops).
-            rules = [r for r in rules if r.rule_id != reading.source.instance]
-        found = len(rules)
-        rules = worth_evaluating(
-            rules,
-            tenant_id,
-            device_id,
-            self.values[(tenant_id, device_id)],
-            reading.ts,
-            self.seen,
-            self.scheduled,
-        )
-        self.skipped += found - len(rules)
-        return rules
+            # A derived metric never re-triggers the rule that wrote it (no loops); rules that
+            # write derived metrics are never in level groups.
+            writer = reading.source.instance
+            banked = [r for r in banked if r.rule_id != writer]
+            single = [r for r in single if r.rule_id != writer]
+        values, at, seen, timers = self.values[(tenant_id, device_id)], reading.ts, self.seen, self.scheduled
+        picked = worth_evaluating(single, tenant_id, device_id, values, at, seen, timers, states)
+        checked = len(single)
+        for metric, group in plan.groups:
+            checked += len(group.rules)
+            picked += group.candidates(
+                metrics[metric], tenant_id, device_id, values, at, seen, timers, states
+            )
+        self.skipped += checked - len(picked)
+        return banked + picked if banked else picked
+
+    def _plan(self, tenant_id: str, device: DeviceView, metrics: Mapping[str, object]) -> _Plan:
+        key = (tenant_id, device.id, tuple(metrics))
+        plan = self._plans.get(key)
+        if (
+            plan is not None
+            and plan.generation == self.index.generation
+            and plan.drops == self._drops
+            and plan.type_id == device.type_id
+            and plan.labels == device.labels
+        ):
+            return plan
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+            self._groups.clear()
+        stamp = (self.index.generation, self._drops, device.type_id, tuple(sorted(device.labels.items())))
+        groups: list[tuple[str, LevelGroup]] = []
+        grouped: set[str] = set()
+        for metric in key[2]:
+            group = self._group(tenant_id, device, metric, stamp)
+            if group is not None:
+                groups.append((metric, group))
+                grouped.update(group.rules)
+        single = [r for r in self.index.for_device(tenant_id, device, key[2]) if r.rule_id not in grouped]
+        plan = _Plan(stamp[0], stamp[1], device.type_id, dict(device.labels), single, groups)
+        self._plans[key] = plan
+        return plan
+
+    def _group(self, tenant_id: str, device: DeviceView, metric: str, stamp: Any) -> LevelGroup | None:
+        key = (tenant_id, device.id, metric)
+        group = self._groups.get(key)
+        if group is not None and group.stamp == stamp:
+            return group
+        members = [
+            r
+            for r in self.index.for_device(tenant_id, device, [metric])
+            if r.guard is not None and r.guard.solo == metric
+        ]
+        if not members:
+            self._groups.pop(key, None)
+            return None
+        group = self._groups[key] = LevelGroup(members, stamp)
+        return group
 
     # --- evaluation -----------------------------------------------------------------------------
 
@@ -113,8 +180,13 @@ class EngineCore:
         if seen is None or event.ts > datetime.fromisoformat(seen):
             last["last_at"] = event.ts.isoformat()
         self.index.banks.observe(rule, device.id, state)
-        if rule.guard is not None:
-            self.seen[key] = remember(rule.guard, values, state)
+        guard = rule.guard
+        if guard is not None:
+            seen = self.seen[key] = remember(guard, values, state, decision.result)
+            if guard.solo is not None and (group := self._groups.get((key[0], key[2], guard.solo))):
+                group.note(rule.rule_id, seen.settled)
+                if group.last != values.get(guard.solo):
+                    group.last = None  # evaluated on a value the group did not see: recheck all
         # Traces: every firing, clear and throttle, and every change of result for the device
         # (the first evaluation included), so "why not?" always has an answer; the evaluations
         # in between change nothing and are counted, not stored, unless the rule traces all.
@@ -139,6 +211,12 @@ class EngineCore:
             return False  # already pending: one timer per key, not one per reading
         self.scheduled[key] = wake_at
         heapq.heappush(self.timers, (wake_at, *key))
+        tenant_id, rule_id, device_id = key
+        rule = self.index.get(tenant_id, rule_id)
+        if rule is not None and rule.guard is not None and rule.guard.solo is not None:
+            group = self._groups.get((tenant_id, device_id, rule.guard.solo))
+            if group is not None and rule_id in group.rules:
+                group.timed.add(rule_id)
         return True
 
     def due(self, now: datetime) -> Iterator[tuple[StateKey, datetime]]:
@@ -161,7 +239,8 @@ class EngineCore:
     def drop(self, key: StateKey) -> None:
         """Forget the state, guard memory and pending timer of one (tenant, rule, device)."""
         self.states.pop(key, None)
-        self.seen.pop(key, None)
+        if self.seen.pop(key, None) is not None:
+            self._drops += 1
         self.scheduled.pop(key, None)
 
     def forget_device(self, tenant_id: str, device_id: str) -> list[StateKey]:
@@ -172,6 +251,10 @@ class EngineCore:
         for key in keys:
             self.drop(key)
         self.index.banks.forget_device(tenant_id, device_id)
+        self._drops += 1
+        for cache in (self._plans, self._groups):
+            for cached in [k for k in cache if k[0] == tenant_id and k[1] == device_id]:
+                del cache[cached]  # type: ignore[arg-type]
         return keys
 
     def forget_rule(self, tenant_id: str, rule_id: str) -> list[StateKey]:

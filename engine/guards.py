@@ -34,13 +34,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.document import FireMode, RuleDocument, TraceMode
-from engine.nodes.base import Condition
+from engine.nodes.base import Action, Condition, Trigger
 from engine.nodes.conditions import (
     ConsecutiveCondition,
     DurationCondition,
     ExpressionCondition,
     ThresholdCondition,
+    WindowCondition,
 )
+from engine.nodes.triggers import TelemetryReceived
 from model.readings import MetricValue
 
 if TYPE_CHECKING:
@@ -52,10 +54,26 @@ Levels = tuple[float, ...] | None  # the levels a metric is compared with; None:
 class Guard:
     """What a rule's outcome can depend on: metrics with their levels, and its running counts."""
 
-    __slots__ = ("_components", "_counters", "_levels", "_metric", "metrics")
+    __slots__ = ("_components", "_counters", "_levels", "_metric", "metrics", "solo", "window")
 
-    def __init__(self, metrics: Mapping[str, Levels], counters: Sequence[str]) -> None:
+    def __init__(
+        self,
+        metrics: Mapping[str, Levels],
+        counters: Sequence[str],
+        solo: bool = False,
+        window: WindowCondition | None = None,
+    ) -> None:
         self.metrics = dict(sorted(metrics.items()))
+        # A rule that is one sliding window: every reading's sample counts, but the result rarely
+        # changes. The window takes the sample as the reading is checked, and the signature is
+        # its result (WindowCondition.absorb).
+        self.window = window
+        # The metric of a rule that reads one metric, by levels, and is triggered by every reading
+        # of it and nothing else: such rules of a device are checked together (LevelGroup).
+        self.solo: str | None = None
+        if solo and len(self.metrics) == 1:
+            metric, levels = next(iter(self.metrics.items()))
+            self.solo = metric if levels else None
         self._components = tuple(self.metrics.items())
         self._counters = tuple(counters)
         # Most rules read one metric: its signature is one component, computed inline.
@@ -109,8 +127,15 @@ class Seen:
         return guard is self.guard and self.settled and guard.signature(values) == self.signature
 
 
-def remember(guard: Guard, values: Mapping[str, MetricValue], state: Mapping[str, Mapping[str, Any]]) -> Seen:
-    """What to remember after evaluating a rule with ``guard``."""
+def remember(
+    guard: Guard,
+    values: Mapping[str, MetricValue],
+    state: Mapping[str, Mapping[str, Any]],
+    result: bool | None = None,
+) -> Seen:
+    """What to remember after evaluating a rule with ``guard`` (``result``: the rule's verdict)."""
+    if guard.window is not None:
+        return Seen(guard, result, True)
     return Seen(guard, guard.signature(values), guard.settled(state))
 
 
@@ -122,38 +147,141 @@ def worth_evaluating(
     at: datetime,
     seen: Mapping[tuple[str, str, str], Seen],
     timers: Mapping[tuple[str, str, str], datetime],
+    states: dict[tuple[str, str, str], dict[str, Any]],
 ) -> list[CompiledRule]:
     """The rules a reading of the device at ``at`` must be evaluated for: all but the guarded ones
-    whose signature is unchanged, with no count running and no timer (``timers``) due by ``at``."""
-    if not seen:
-        return rules
+    whose signature is unchanged, with no count running and no timer (``timers``) due by ``at``
+    (a new list). Window rules take the reading's sample into their state (``states``) here."""
     kept = []
     for rule in rules:
+        guard = rule.guard
+        if guard is None:
+            kept.append(rule)
+            continue
         key = (tenant_id, rule.rule_id, device_id)
+        window = guard.window
+        if window is not None:
+            state = states.get(key)
+            if state is None:
+                state = states[key] = {}
+            signature = window.absorb(state, at, values.get(window.options.metric))
         last = seen.get(key)
-        if (
-            last is not None
-            and last.settled
-            and last.guard is rule.guard
-            and last.guard.signature(values) == last.signature
-        ):
-            due = timers.get(key)
-            if due is None or due > at:
-                continue
-        kept.append(rule)
+        if last is None or not last.settled or last.guard is not guard:
+            kept.append(rule)
+            continue
+        if window is None:
+            signature = guard.signature(values)
+        if signature != last.signature:
+            kept.append(rule)
+            continue
+        due = timers.get(key)
+        if due is not None and due <= at:
+            kept.append(rule)
     return kept
 
 
-def guard_for(document: RuleDocument, conditions: Iterable[Condition]) -> Guard | None:
+class LevelGroup:
+    """The solo-guarded rules of one device on one metric (``Guard.solo``), checked together.
+
+    Every reading of the metric triggers each of them, so the group sees the same values they do.
+    Invariant: each rule's remembered signature is the position of ``last`` (the group's previous
+    value) among its levels. It holds after the first reading, which checks every rule one by one;
+    then a rule can only have moved if one of its levels lies between ``last`` and the new value
+    (both included): one bisection finds them, whatever the number of rules. Rules with a running
+    count or a pending timer are kept aside and checked one by one. A value that is not a number
+    checks every rule one by one again. The engine makes a new group (``stamp``) when the rules,
+    the device or the remembered signatures change otherwise.
+    """
+
+    __slots__ = ("last", "levels", "owners", "rules", "running", "stamp", "timed")
+
+    def __init__(self, rules: Iterable[CompiledRule], stamp: Any) -> None:
+        self.rules = {r.rule_id: r for r in rules}
+        pairs = sorted(
+            (level, rule_id)
+            for rule_id, r in self.rules.items()
+            if r.guard is not None and r.guard.solo is not None
+            for level in r.guard.metrics[r.guard.solo] or ()
+        )
+        self.levels = [level for level, _ in pairs]
+        self.owners = [rule_id for _, rule_id in pairs]
+        self.last: Any = None  # None: the next reading checks every rule one by one
+        self.running: set[str] = set()  # consecutive counts in progress
+        self.timed: set[str] = set(self.rules)  # may have a timer pending (checked against timers)
+        self.stamp = stamp
+
+    def candidates(
+        self,
+        value: MetricValue | None,
+        tenant_id: str,
+        device_id: str,
+        values: Mapping[str, MetricValue],
+        at: datetime,
+        seen: Mapping[tuple[str, str, str], Seen],
+        timers: Mapping[tuple[str, str, str], datetime],
+        states: dict[tuple[str, str, str], dict[str, Any]],
+    ) -> list[CompiledRule]:
+        """The rules of the group a new ``value`` (already in ``values``) must evaluate."""
+        last, self.last = self.last, value
+        if not (_plain_number(last) and _plain_number(value)):
+            self.last = value if _plain_number(value) else None
+            rules = list(self.rules.values())
+            return worth_evaluating(rules, tenant_id, device_id, values, at, seen, timers, states)
+        low, high = sorted((float(last), float(value)))  # type: ignore[arg-type]
+        first, end = bisect.bisect_left(self.levels, low), bisect.bisect_right(self.levels, high)
+        picked = set(self.owners[first:end])
+        picked |= self.running
+        for rule_id in list(self.timed):
+            due = timers.get((tenant_id, rule_id, device_id))
+            if due is None:
+                self.timed.discard(rule_id)
+            elif due <= at:
+                picked.add(rule_id)
+        return [self.rules[rule_id] for rule_id in picked]
+
+    def note(self, rule_id: str, settled: bool) -> None:
+        """After an evaluation of one of the group's rules: is a count running?"""
+        if settled:
+            self.running.discard(rule_id)
+        else:
+            self.running.add(rule_id)
+
+
+def _plain_number(value: Any) -> bool:
+    return (value.__class__ is float or value.__class__ is int) and value == value
+
+
+def guard_for(
+    document: RuleDocument,
+    conditions: Iterable[Condition],
+    triggers: Iterable[Trigger] = (),
+    actions: Iterable[Action] = (),
+) -> Guard | None:
     """The guard of a compiled rule, or None when every evaluation may matter."""
     if document.fire is not FireMode.ON_CHANGE or document.trace is not TraceMode.CHANGES:
         return None
+    conditions, triggers = list(conditions), list(triggers)
+
+    def every_reading_of(metric: str) -> bool:
+        """Triggered by every reading of ``metric`` and nothing else, and never fed a reading
+        without the rule (a rule does not see the derived metrics it writes)."""
+        return (
+            bool(triggers)
+            and all(type(t) is TelemetryReceived and t.options.metrics == [metric] for t in triggers)
+            and not any(a.node_key == "metric.derived" for a in actions)
+        )
+
+    if len(conditions) == 1 and type(conditions[0]) is WindowCondition:
+        window = conditions[0]
+        assert isinstance(window, WindowCondition)
+        return Guard({}, [], window=window) if every_reading_of(window.options.metric) else None
     metrics: dict[str, Levels] = {}
     counters: list[str] = []
     for condition in conditions:
         if not _collect(condition, metrics, counters):
             return None
-    return Guard(metrics, counters)
+    solo = len(metrics) == 1 and every_reading_of(next(iter(metrics)))
+    return Guard(metrics, counters, solo)
 
 
 def _collect(condition: Condition, metrics: dict[str, Levels], counters: list[str]) -> bool:

@@ -46,6 +46,11 @@ class RuleIndex:
     def __len__(self) -> int:
         return len(self._rules)
 
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever a rule is added or removed."""
+        return self._generation
+
     def replace_all(self, rules: Iterable[CompiledRule]) -> None:
         """Rebuild from scratch (start-up)."""
         self.__init__()  # type: ignore[misc]
@@ -126,7 +131,17 @@ class RuleIndex:
 
         ``known(rule_id)``: whether the device has a state for the rule (see ThresholdBanks).
         """
-        found = self.for_device(tenant_id, device, values)
+        return self.for_device(tenant_id, device, values) + self.banked(tenant_id, device, values, known)
+
+    def banked(
+        self,
+        tenant_id: str,
+        device: DeviceView,
+        values: Mapping[str, object],
+        known: Callable[[str], bool] = lambda _rule_id: True,
+    ) -> list[CompiledRule]:
+        """The banked threshold rules these values can flip for the device (engine.banks)."""
+        found: list[CompiledRule] = []
         for metric, value in values.items():
             found.extend(self.banks.candidates(tenant_id, device, metric, value, known))
         return found

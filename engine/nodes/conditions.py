@@ -263,16 +263,47 @@ class WindowCondition(Condition):
     def metrics(self) -> frozenset[str]:
         return frozenset({self.options.metric})
 
+    def absorb(
+        self, state: dict[str, dict[str, Any]], now: datetime, value: MetricValue | None
+    ) -> bool | None:
+        """Take a reading's sample before (or instead of) evaluating the rule; the window's result.
+
+        Used by the engine's guards (engine.guards): a reading that leaves the result as it was
+        changes nothing but the samples, so the rule need not be evaluated. An evaluation for the
+        same reading that follows does not take the sample a second time.
+        """
+        node = state.setdefault(self.path, {})
+        result = self._advance(node, now, _number(value))[0]
+        node["taken"] = now.timestamp()
+        return result
+
     def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
         o = self.options
         state = ctx.node_state(self.path)
-        samples = _window_samples(state)
         now = ctx.now
         value = (
             _number(ctx.values.get(o.metric))
             if ctx.event.reading and o.metric in ctx.event.reading.metrics
             else None
         )
+        if state.pop("taken", None) == now.timestamp():
+            value = None  # absorbed already (see absorb)
+        result, aggregate, n = self._advance(state, now, value)
+        if not n:
+            return None, f"no {o.metric} in the last {o.window_s:g}s", {}
+        if aggregate is None:
+            return None, f"{o.function} of {o.metric} needs more samples", {"samples": n}
+        sign = ">" if o.operator == "above" else "<"
+        label = f"{o.function}({o.metric}, {o.window_s:g}s)"
+        detail = f"{label} {aggregate:.4g} {sign} {o.value:g} is {str(result).lower()}"
+        return result, detail, {"aggregate": aggregate, "samples": n}
+
+    def _advance(
+        self, state: dict[str, Any], now: datetime, value: float | None
+    ) -> tuple[bool | None, float | None, int]:
+        """Add the sample (if any), drop the expired ones: (result, aggregate, samples kept)."""
+        o = self.options
+        samples = _window_samples(state)
         if value is not None:
             samples.append([now.timestamp(), value])
         # The horizon is worked out as a datetime (whole microseconds, like every sample's time) and
@@ -288,15 +319,11 @@ class WindowCondition(Condition):
             del samples[:expired]
             n -= expired
         if not n:
-            return None, f"no {o.metric} in the last {o.window_s:g}s", {}
+            return None, None, 0
         aggregate = _aggregate(o.function, samples)
         if aggregate is None:
-            return None, f"{o.function} of {o.metric} needs more samples", {"samples": n}
-        result = aggregate > o.value if o.operator == "above" else aggregate < o.value
-        sign = ">" if o.operator == "above" else "<"
-        label = f"{o.function}({o.metric}, {o.window_s:g}s)"
-        detail = f"{label} {aggregate:.4g} {sign} {o.value:g} is {str(result).lower()}"
-        return result, detail, {"aggregate": aggregate, "samples": n}
+            return None, None, n
+        return (aggregate > o.value if o.operator == "above" else aggregate < o.value), aggregate, n
 
 
 def _window_samples(state: dict[str, Any]) -> list[list[float]]:
