@@ -36,7 +36,7 @@ class _Plan:
     type_id: str
     labels: dict[str, str]
     single: list[CompiledRule]
-    groups: list[tuple[str, LevelGroup]]
+    groups: list[LevelGroup]
 
 
 class EngineCore:
@@ -103,11 +103,9 @@ class EngineCore:
         values, at, seen, timers = self.values[(tenant_id, device_id)], reading.ts, self.seen, self.scheduled
         picked = worth_evaluating(single, tenant_id, device_id, values, at, seen, timers, states)
         checked = len(single)
-        for metric, group in plan.groups:
+        for group in plan.groups:
             checked += len(group.rules)
-            picked += group.candidates(
-                metrics[metric], tenant_id, device_id, values, at, seen, timers, states
-            )
+            picked += group.candidates(tenant_id, device_id, values, at, seen, timers, states)
         self.skipped += checked - len(picked)
         return banked + picked if banked else picked
 
@@ -126,12 +124,12 @@ class EngineCore:
             self._plans.clear()
             self._groups.clear()
         stamp = (self.index.generation, self._drops, device.type_id, tuple(sorted(device.labels.items())))
-        groups: list[tuple[str, LevelGroup]] = []
+        groups: list[LevelGroup] = []
         grouped: set[str] = set()
         for metric in key[2]:
             group = self._group(tenant_id, device, metric, stamp)
             if group is not None:
-                groups.append((metric, group))
+                groups.append(group)
                 grouped.update(group.rules)
         single = [r for r in self.index.for_device(tenant_id, device, key[2]) if r.rule_id not in grouped]
         plan = _Plan(stamp[0], stamp[1], device.type_id, dict(device.labels), single, groups)
@@ -146,7 +144,7 @@ class EngineCore:
         members = [
             r
             for r in self.index.for_device(tenant_id, device, [metric])
-            if r.guard is not None and r.guard.solo == metric
+            if r.guard is not None and r.guard.trigger == metric
         ]
         if not members:
             self._groups.pop(key, None)
@@ -183,10 +181,10 @@ class EngineCore:
         guard = rule.guard
         if guard is not None:
             seen = self.seen[key] = remember(guard, values, state, decision.result)
-            if guard.solo is not None and (group := self._groups.get((key[0], key[2], guard.solo))):
-                group.note(rule.rule_id, seen.settled)
-                if group.last != values.get(guard.solo):
-                    group.last = None  # evaluated on a value the group did not see: recheck all
+            if guard.trigger is not None:
+                group = self._groups.get((key[0], key[2], guard.trigger))
+                if group is not None and group.rules.get(rule.rule_id) is rule:
+                    group.note(rule.rule_id, seen)
         # Traces: every firing, clear and throttle, and every change of result for the device
         # (the first evaluation included), so "why not?" always has an answer; the evaluations
         # in between change nothing and are counted, not stored, unless the rule traces all.
@@ -213,8 +211,8 @@ class EngineCore:
         heapq.heappush(self.timers, (wake_at, *key))
         tenant_id, rule_id, device_id = key
         rule = self.index.get(tenant_id, rule_id)
-        if rule is not None and rule.guard is not None and rule.guard.solo is not None:
-            group = self._groups.get((tenant_id, device_id, rule.guard.solo))
+        if rule is not None and rule.guard is not None and rule.guard.trigger is not None:
+            group = self._groups.get((tenant_id, device_id, rule.guard.trigger))
             if group is not None and rule_id in group.rules:
                 group.timed.add(rule_id)
         return True

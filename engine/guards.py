@@ -54,13 +54,13 @@ Levels = tuple[float, ...] | None  # the levels a metric is compared with; None:
 class Guard:
     """What a rule's outcome can depend on: metrics with their levels, and its running counts."""
 
-    __slots__ = ("_components", "_counters", "_levels", "_metric", "metrics", "solo", "window")
+    __slots__ = ("_components", "_counters", "_levels", "_metric", "metrics", "trigger", "window")
 
     def __init__(
         self,
         metrics: Mapping[str, Levels],
         counters: Sequence[str],
-        solo: bool = False,
+        trigger: str | None = None,
         window: WindowCondition | None = None,
     ) -> None:
         self.metrics = dict(sorted(metrics.items()))
@@ -68,12 +68,9 @@ class Guard:
         # changes. The window takes the sample as the reading is checked, and the signature is
         # its result (WindowCondition.absorb).
         self.window = window
-        # The metric of a rule that reads one metric, by levels, and is triggered by every reading
-        # of it and nothing else: such rules of a device are checked together (LevelGroup).
-        self.solo: str | None = None
-        if solo and len(self.metrics) == 1:
-            metric, levels = next(iter(self.metrics.items()))
-            self.solo = metric if levels else None
+        # The one metric whose every reading triggers the rule, and nothing else does: a device's
+        # rules with the same trigger are checked together (LevelGroup).
+        self.trigger = trigger if window is None else None
         self._components = tuple(self.metrics.items())
         self._counters = tuple(counters)
         # Most rules read one metric: its signature is one component, computed inline.
@@ -181,38 +178,52 @@ def worth_evaluating(
 
 
 class LevelGroup:
-    """The solo-guarded rules of one device on one metric (``Guard.solo``), checked together.
+    """A device's guarded rules with one trigger metric (``Guard.trigger``), checked together.
 
-    Every reading of the metric triggers each of them, so the group sees the same values they do.
-    Invariant: each rule's remembered signature is the position of ``last`` (the group's previous
-    value) among its levels. It holds after the first reading, which checks every rule one by one;
-    then a rule can only have moved if one of its levels lies between ``last`` and the new value
-    (both included): one bisection finds them, whatever the number of rules. Rules with a running
-    count or a pending timer are kept aside and checked one by one. A value that is not a number
-    checks every rule one by one again. The engine makes a new group (``stamp``) when the rules,
-    the device or the remembered signatures change otherwise.
+    Every reading of the trigger metric triggers each of them, and the group looks at each such
+    reading. It keeps ``last``, the values of the metrics its rules read as of the previous one.
+    Invariant: each rule's remembered signature is its signature of ``last``. It holds after the
+    first reading, which checks every rule one by one. Then a rule can only have moved if one of
+    its levels lies between the old and the new value of a metric (one bisection per metric finds
+    them, whatever the number of rules), if a metric it reads by value changed, if its count is
+    running or if its timer is due. A rule evaluated otherwise (a timer, a status change) on
+    values the group has not seen is checked one by one at the next reading (``recheck``). The
+    engine makes a new group (``stamp``) when the rules, the device or the remembered signatures
+    change otherwise.
     """
 
-    __slots__ = ("last", "levels", "owners", "rules", "running", "stamp", "timed")
+    __slots__ = ("identity", "last", "levels", "recheck", "rules", "running", "stamp", "timed", "watched")
 
     def __init__(self, rules: Iterable[CompiledRule], stamp: Any) -> None:
         self.rules = {r.rule_id: r for r in rules}
-        pairs = sorted(
-            (level, rule_id)
-            for rule_id, r in self.rules.items()
-            if r.guard is not None and r.guard.solo is not None
-            for level in r.guard.metrics[r.guard.solo] or ()
+        leveled: dict[str, list[tuple[float, str]]] = {}
+        by_value: dict[str, set[str]] = {}
+        for rule_id, rule in self.rules.items():
+            assert rule.guard is not None
+            for metric, levels in rule.guard.metrics.items():
+                if levels is None:
+                    by_value.setdefault(metric, set()).add(rule_id)
+                else:
+                    leveled.setdefault(metric, []).extend((level, rule_id) for level in levels)
+        self.levels: tuple[tuple[str, list[float], list[str], frozenset[str]], ...] = tuple(
+            (
+                metric,
+                [level for level, _ in sorted(pairs)],
+                [rule_id for _, rule_id in sorted(pairs)],
+                frozenset(rule_id for _, rule_id in pairs),
+            )
+            for metric, pairs in sorted(leveled.items())
         )
-        self.levels = [level for level, _ in pairs]
-        self.owners = [rule_id for _, rule_id in pairs]
-        self.last: Any = None  # None: the next reading checks every rule one by one
+        self.identity = tuple((metric, frozenset(ids)) for metric, ids in sorted(by_value.items()))
+        self.watched = tuple(sorted({*leveled, *by_value}))
+        self.last: dict[str, Any] | None = None  # None: the next reading checks every rule
         self.running: set[str] = set()  # consecutive counts in progress
         self.timed: set[str] = set(self.rules)  # may have a timer pending (checked against timers)
+        self.recheck: set[str] = set()
         self.stamp = stamp
 
     def candidates(
         self,
-        value: MetricValue | None,
         tenant_id: str,
         device_id: str,
         values: Mapping[str, MetricValue],
@@ -221,15 +232,26 @@ class LevelGroup:
         timers: Mapping[tuple[str, str, str], datetime],
         states: dict[tuple[str, str, str], dict[str, Any]],
     ) -> list[CompiledRule]:
-        """The rules of the group a new ``value`` (already in ``values``) must evaluate."""
-        last, self.last = self.last, value
-        if not (_plain_number(last) and _plain_number(value)):
-            self.last = value if _plain_number(value) else None
+        """The rules of the group a reading of its trigger metric (already in ``values``) must
+        evaluate."""
+        last = self.last
+        self.last = {metric: values.get(metric) for metric in self.watched}
+        if last is None:
             rules = list(self.rules.values())
             return worth_evaluating(rules, tenant_id, device_id, values, at, seen, timers, states)
-        low, high = sorted((float(last), float(value)))  # type: ignore[arg-type]
-        first, end = bisect.bisect_left(self.levels, low), bisect.bisect_right(self.levels, high)
-        picked = set(self.owners[first:end])
+        picked: set[str] = set()
+        for metric, levels, owners, everyone in self.levels:
+            before, now = last[metric], values.get(metric)
+            if before == now and before.__class__ is now.__class__:
+                continue
+            if _plain_number(before) and _plain_number(now):
+                low, high = sorted((float(before), float(now)))  # type: ignore[arg-type]
+                picked.update(owners[bisect.bisect_left(levels, low) : bisect.bisect_right(levels, high)])
+            else:
+                picked |= everyone
+        for metric, members in self.identity:
+            if _component(last[metric], None) != _component(values.get(metric), None):
+                picked |= members
         picked |= self.running
         for rule_id in list(self.timed):
             due = timers.get((tenant_id, rule_id, device_id))
@@ -237,14 +259,21 @@ class LevelGroup:
                 self.timed.discard(rule_id)
             elif due <= at:
                 picked.add(rule_id)
-        return [self.rules[rule_id] for rule_id in picked]
+        found = [self.rules[rule_id] for rule_id in picked]
+        if self.recheck:
+            again = [self.rules[rule_id] for rule_id in self.recheck - picked]
+            self.recheck = set()
+            found += worth_evaluating(again, tenant_id, device_id, values, at, seen, timers, states)
+        return found
 
-    def note(self, rule_id: str, settled: bool) -> None:
-        """After an evaluation of one of the group's rules: is a count running?"""
-        if settled:
+    def note(self, rule_id: str, seen: Seen) -> None:
+        """After an evaluation of one of the group's rules."""
+        if seen.settled:
             self.running.discard(rule_id)
         else:
             self.running.add(rule_id)
+        if self.last is not None and seen.guard.signature(self.last) != seen.signature:
+            self.recheck.add(rule_id)  # evaluated on values the group has not seen
 
 
 def _plain_number(value: Any) -> bool:
@@ -280,8 +309,10 @@ def guard_for(
     for condition in conditions:
         if not _collect(condition, metrics, counters):
             return None
-    solo = len(metrics) == 1 and every_reading_of(next(iter(metrics)))
-    return Guard(metrics, counters, solo)
+    first = triggers[0] if triggers else None
+    wanted = first.options.metrics if isinstance(first, TelemetryReceived) else []
+    trigger = wanted[0] if len(wanted) == 1 and every_reading_of(wanted[0]) else None
+    return Guard(metrics, counters, trigger)
 
 
 def _collect(condition: Condition, metrics: dict[str, Levels], counters: list[str]) -> bool:
