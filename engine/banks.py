@@ -69,11 +69,14 @@ _NONE: frozenset[str] = frozenset()
 class _Filed:
     """The banks a device's readings of a metric look at, as of a generation of the banks."""
 
-    generation: int
+    version: int  # ThresholdBanks._version when filed
     type_id: str
     labels: dict[str, str]
     banks: list[_Bank]
     newest: int  # the newest generation among them
+    entries: dict[str, _Entry]
+    above: list[tuple[float, str]]  # the banks' levels, merged
+    below: list[tuple[float, str]]
 
 
 def bankable(rule: CompiledRule) -> tuple[str, ThresholdCondition] | None:
@@ -110,6 +113,7 @@ class ThresholdBanks:
         self._where: dict[tuple[str, str], tuple[str, list[SelectorKey]]] = {}  # rule -> its banks
         self._metrics: dict[tuple[str, str], int] = {}  # (tenant, metric) -> banked rules
         self._generation = 0  # one counter for all banks: a bank made anew never reuses a number
+        self._version = 0  # changes with every put and remove: devices' filed banks are stale
         self._active: dict[Key, set[str]] = {}
         self._undecided: dict[Key, set[str]] = {}
         self._primed: dict[Key, int] = {}
@@ -121,6 +125,7 @@ class ThresholdBanks:
     def put(self, rule: CompiledRule) -> bool:
         """File the rule if it is eligible (True), replacing an older version."""
         self.remove(rule.tenant_id, rule.rule_id)
+        self._version += 1
         found = bankable(rule)
         if found is None:
             return False
@@ -158,6 +163,7 @@ class ThresholdBanks:
         where = self._where.pop((tenant_id, rule_id), None)
         if where is None:
             return
+        self._version += 1
         metric, keys = where
         for skey in keys:
             bank = self._banks[(tenant_id, metric, skey)]
@@ -195,55 +201,49 @@ class ThresholdBanks:
         filed = self._filed.get(key)
         if (
             filed is None
-            or filed.generation != self._generation
+            or filed.version != self._version
             or filed.type_id != device.type_id
             or filed.labels != device.labels
         ):
             filed = self._file(key, device)
-        banks = filed.banks
-        if not banks:
+        if not filed.banks:
             return []
         number = None if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
         primed = self._primed.get(key, -1)
         active = self._active.get(key, _NONE)
         undecided = self._undecided.get(key, _NONE)
+        ids: list[str] = []
+        if primed < filed.newest:
+            # Rules new to this device: those with a stored state are evaluated once, which
+            # primes the active set from it; a rule with no state is inactive, so it needs
+            # evaluating only if this value crosses its level (a tenant's 1,000 rules on a
+            # new device cost 1,000 comparisons, not 1,000 evaluations and traces).
+            ids = [
+                rid
+                for bank in filed.banks
+                if primed < bank.generation
+                for rid, e in bank.entries.items()
+                if e.generation > primed and (known(rid) or (number is not None and e.raises(number)))
+            ]
+        entries = filed.entries
+        if number is not None:
+            v = number
+            above, below = filed.above, filed.below  # the device's banks' levels, merged
+            if above and above[0][0] < v:  # some levels below v
+                ids += [rid for _, rid in above[: bisect.bisect_left(above, (v, ""))] if rid not in active]
+            if below and below[-1][0] > v:  # some levels above v
+                crossed = below[bisect.bisect_right(below, (v, "\uffff")) :]
+                ids += [rid for _, rid in crossed if rid not in active]
+            if active:
+                ids += [rid for rid in active if rid in entries and entries[rid].clears(v)]
+        if undecided:
+            ids += [rid for rid in undecided if rid in entries]
         found: dict[str, CompiledRule] = {}
-        for bank in banks:
-            ids: list[str] = []
-            if primed < bank.generation:
-                # Rules new to this device: those with a stored state are evaluated once, which
-                # primes the active set from it; a rule with no state is inactive, so it needs
-                # evaluating only if this value crosses its level (a tenant's 1,000 rules on a
-                # new device cost 1,000 comparisons, not 1,000 evaluations and traces).
-                ids = [
-                    rid
-                    for rid, e in bank.entries.items()
-                    if e.generation > primed and (known(rid) or (number is not None and e.raises(number)))
-                ]
-            if number is not None:
-                v = number
-                above, below = bank.above, bank.below
-                if above and above[0][0] < v:  # some levels below v
-                    ids += [
-                        rid for _, rid in above[: bisect.bisect_left(above, (v, ""))] if rid not in active
-                    ]
-                if below and below[-1][0] > v:  # some levels above v
-                    ids += [
-                        rid
-                        for _, rid in below[bisect.bisect_right(below, (v, "\uffff")) :]
-                        if rid not in active
-                    ]
-                if active:
-                    ids += [rid for rid in active if rid in bank.entries and bank.entries[rid].clears(v)]
-            if undecided:
-                ids += [rid for rid in undecided if rid in bank.entries]
-            if not ids:
-                continue
-            for rid in ids:  # an undecided rule may also be among the crossed ones: once each
-                if rid not in found:
-                    rule = bank.entries[rid].rule
-                    if rule.selects(device.id, device.type_id, device.labels):
-                        found[rid] = rule
+        for rid in ids:  # an undecided rule may also be among the crossed ones: once each
+            if rid not in found:
+                rule = entries[rid].rule
+                if rule.selects(device.id, device.type_id, device.labels):
+                    found[rid] = rule
         if primed < filed.newest:
             self._primed[key] = filed.newest
         return list(found.values())
@@ -257,8 +257,13 @@ class ThresholdBanks:
         newest = max((b.generation for b in banks), default=-1)
         if len(self._filed) >= MAX_FILED:
             self._filed.clear()
+        # A rule is in one bank per selector criterion it is filed under, and a device matches
+        # one of them at most (its one id, type or label value): the entries do not collide.
+        entries = {rid: e for b in banks for rid, e in b.entries.items()}
+        above = sorted(item for b in banks for item in b.above)
+        below = sorted(item for b in banks for item in b.below)
         filed = self._filed[key] = _Filed(
-            self._generation, device.type_id, dict(device.labels), banks, newest
+            self._version, device.type_id, dict(device.labels), banks, newest, entries, above, below
         )
         return filed
 

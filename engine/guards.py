@@ -192,7 +192,7 @@ class LevelGroup:
     change otherwise.
     """
 
-    __slots__ = ("identity", "last", "levels", "recheck", "rules", "running", "stamp", "timed", "watched")
+    __slots__ = ("last", "recheck", "rules", "running", "stamp", "timed", "watch")
 
     def __init__(self, rules: Iterable[CompiledRule], stamp: Any) -> None:
         self.rules = {r.rule_id: r for r in rules}
@@ -205,17 +205,18 @@ class LevelGroup:
                     by_value.setdefault(metric, set()).add(rule_id)
                 else:
                     leveled.setdefault(metric, []).extend((level, rule_id) for level in levels)
-        self.levels: tuple[tuple[str, list[float], list[str], frozenset[str]], ...] = tuple(
+        # Per metric read: its levels with the rule of each (sorted), the rules with levels on
+        # it, and the rules that read its value as such.
+        self.watch: tuple[tuple[str, list[float], list[str], frozenset[str], frozenset[str]], ...] = tuple(
             (
                 metric,
-                [level for level, _ in sorted(pairs)],
-                [rule_id for _, rule_id in sorted(pairs)],
-                frozenset(rule_id for _, rule_id in pairs),
+                [level for level, _ in sorted(leveled.get(metric, ()))],
+                [rule_id for _, rule_id in sorted(leveled.get(metric, ()))],
+                frozenset(rule_id for _, rule_id in leveled.get(metric, ())),
+                frozenset(by_value.get(metric, ())),
             )
-            for metric, pairs in sorted(leveled.items())
+            for metric in sorted({*leveled, *by_value})
         )
-        self.identity = tuple((metric, frozenset(ids)) for metric, ids in sorted(by_value.items()))
-        self.watched = tuple(sorted({*leveled, *by_value}))
         self.last: dict[str, Any] | None = None  # None: the next reading checks every rule
         self.running: set[str] = set()  # consecutive counts in progress
         self.timed: set[str] = set(self.rules)  # may have a timer pending (checked against timers)
@@ -235,30 +236,35 @@ class LevelGroup:
         """The rules of the group a reading of its trigger metric (already in ``values``) must
         evaluate."""
         last = self.last
-        self.last = {metric: values.get(metric) for metric in self.watched}
         if last is None:
+            self.last = {metric: values.get(metric) for metric, *_ in self.watch}
             rules = list(self.rules.values())
             return worth_evaluating(rules, tenant_id, device_id, values, at, seen, timers, states)
         picked: set[str] = set()
-        for metric, levels, owners, everyone in self.levels:
-            before, now = last[metric], values.get(metric)
-            if before == now and before.__class__ is now.__class__:
+        for metric, levels, owners, leveled, by_value in self.watch:
+            now = values.get(metric)
+            before = last[metric]
+            if before == now and before.__class__ is now.__class__ and (now or _same_zero(before, now)):
                 continue
-            if _plain_number(before) and _plain_number(now):
-                low, high = sorted((float(before), float(now)))  # type: ignore[arg-type]
-                picked.update(owners[bisect.bisect_left(levels, low) : bisect.bisect_right(levels, high)])
-            else:
-                picked |= everyone
-        for metric, members in self.identity:
-            if _component(last[metric], None) != _component(values.get(metric), None):
-                picked |= members
-        picked |= self.running
-        for rule_id in list(self.timed):
-            due = timers.get((tenant_id, rule_id, device_id))
-            if due is None:
-                self.timed.discard(rule_id)
-            elif due <= at:
-                picked.add(rule_id)
+            last[metric] = now
+            if by_value:
+                picked |= by_value
+            if leveled:
+                if _plain_number(before) and _plain_number(now):
+                    low, high = (before, now) if before < now else (now, before)  # type: ignore[operator]
+                    first = bisect.bisect_left(levels, low)
+                    picked.update(owners[first : bisect.bisect_right(levels, high)])  # type: ignore[type-var]
+                else:
+                    picked |= leveled
+        if self.running:
+            picked |= self.running
+        if self.timed:
+            for rule_id in list(self.timed):
+                due = timers.get((tenant_id, rule_id, device_id))
+                if due is None:
+                    self.timed.discard(rule_id)
+                elif due <= at:
+                    picked.add(rule_id)
         found = [self.rules[rule_id] for rule_id in picked]
         if self.recheck:
             again = [self.rules[rule_id] for rule_id in self.recheck - picked]
@@ -274,6 +280,12 @@ class LevelGroup:
             self.running.add(rule_id)
         if self.last is not None and seen.guard.signature(self.last) != seen.signature:
             self.recheck.add(rule_id)  # evaluated on values the group has not seen
+
+
+def _same_zero(before: Any, now: Any) -> bool:
+    """For equal values of the same class that are falsy: not 0.0 against -0.0 (an expression can
+    tell them apart)."""
+    return now.__class__ is not float or math.copysign(1.0, before) == math.copysign(1.0, now)
 
 
 def _plain_number(value: Any) -> bool:
