@@ -251,9 +251,9 @@ class LevelGroup:
                 picked |= by_value
             if leveled:
                 if _plain_number(before) and _plain_number(now):
-                    low, high = (before, now) if before < now else (now, before)  # type: ignore[operator]
-                    first = bisect.bisect_left(levels, low)
-                    picked.update(owners[first : bisect.bisect_right(levels, high)])  # type: ignore[type-var]
+                    a, b = float(before), float(now)  # type: ignore[arg-type]
+                    low, high = (a, b) if a < b else (b, a)
+                    picked.update(owners[bisect.bisect_left(levels, low) : bisect.bisect_right(levels, high)])
                 else:
                     picked |= leveled
         if self.running:
