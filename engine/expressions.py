@@ -9,8 +9,9 @@ are caught when the rule is saved, with a "did you mean" suggestion.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -85,11 +86,27 @@ class CompiledExpression:
     to be a float and the float of an integer value to print exactly, hence the 2**53 bound above.
     """
 
+    _fast: Callable[[Mapping[str, Any]], bool | None] | None = field(init=False, repr=False, compare=False)
+    """The expression as a plain Python closure, when it lies in the subset ``_fast_path`` translates
+    (see there); None otherwise. It returns None for any call whose values it does not take (then
+    ``evaluate`` asks rule_engine), else exactly what rule_engine's route would return."""
+
     def __post_init__(self) -> None:
-        object.__setattr__(self, "levels", _levels(self.rule.statement.expression, self.symbols))
+        expression = self.rule.statement.expression
+        object.__setattr__(self, "levels", _levels(expression, self.symbols))
+        object.__setattr__(self, "_fast", _fast_path(expression, self.symbols))
 
     def evaluate(self, values: Mapping[str, MetricValue | None]) -> bool:
         """The expression's truth for these metric values (numbers as the engine's Decimal)."""
+        fast = self._fast
+        if fast is not None:
+            result = fast(values)
+            if result is not None:
+                return result
+        return self._evaluate_slow(values)
+
+    def _evaluate_slow(self, values: Mapping[str, MetricValue | None]) -> bool:
+        """``evaluate`` through rule_engine, always: the reference the fast path must match."""
         data: dict[str, Any] = {
             k: (Decimal(str(v)) if isinstance(v, int | float) and not isinstance(v, bool) else v)
             for k, v in values.items()
@@ -201,6 +218,162 @@ def _levels(expression: Any, symbols: frozenset[str]) -> Mapping[str, tuple[floa
         name: None if name in other or name not in found else tuple(sorted(found[name]))
         for name in sorted(symbols)
     }
+
+
+# --- the fast path ---------------------------------------------------------------------------------
+#
+# rule_engine spends 8-20 µs (depending on the machine) on a condition such as ``temp > -10 and not
+# door_open``, mostly in its generic machinery (symbol resolution, type checks, coercion, a decimal
+# context). Most rule conditions are a few comparisons of a metric with a literal combined by
+# and/or/not; for those, CompiledExpression keeps a closure that computes the same thing directly,
+# in about a tenth of the time.
+#
+# Exactness: the closure reproduces rule_engine's route only for calls where that route cannot
+# fail, and declines every other call (returns None, and evaluate asks rule_engine):
+# - every value is converted exactly as evaluate does (``Decimal(str(v))``) and compared with the
+#   literal's own Decimal by the same operator rule_engine applies (comparisons of non-NaN Decimals
+#   are exact and independent of the decimal context);
+# - a call is taken only when the mapping holds exactly the expression's symbols and each value has
+#   its symbol's expected type: int or float (not bool, not NaN, printable as a decimal string) for a
+#   FLOAT symbol, bool for a BOOLEAN one, str for a STRING one. Those are precisely the calls in which
+#   rule_engine resolves every symbol without a type error and no comparison can signal (NaN is the
+#   only value for which an ordered Decimal comparison raises), so its result is a plain bool, which
+#   the closure computes with the same operators, truthiness and short-circuits (``and``/``or``
+#   return ``bool(left and right)``, ``not`` is ``operator.not_``, ``==``/``!=`` compare values of the
+#   same type). Wrong types, NaN, None, missing or extra keys, and ints too long for ``str`` go to
+#   rule_engine, which raises (or short-circuits past them) exactly as before.
+# - an expression is translated only when every node is in the subset: and, or, not, boolean
+#   literals, bare symbols, and ``== != < <= > >=`` between a symbol and a literal of the symbol's
+#   own type (numeric, not NaN, for any operator; string or boolean for ``==``/``!=`` only), on either
+#   side. Anything else (arithmetic, two symbols, ternaries, attributes, functions, ``in``, regular
+#   expressions, null, dates...) keeps rule_engine for every call, as does an expression whose
+#   symbols were partly folded away by the parser.
+
+_Node = Callable[[dict[str, Any]], Any]
+_NUMBER, _BOOLEAN, _STRING = "number", "boolean", "string"
+_SYMBOL_KINDS = (
+    (rule_engine.DataType.FLOAT, _NUMBER),
+    (rule_engine.DataType.BOOLEAN, _BOOLEAN),
+    (rule_engine.DataType.STRING, _STRING),
+)
+_ORDERED_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+}
+_EQUALITY_OPS: dict[str, Callable[[Any, Any], bool]] = {"eq": operator.eq, "ne": operator.ne}
+_LITERALS = frozenset({rule_ast.FloatExpression, rule_ast.StringExpression, rule_ast.BooleanExpression})
+_EQUALITY_LITERALS = frozenset(
+    {(rule_ast.StringExpression, str, _STRING), (rule_ast.BooleanExpression, bool, _BOOLEAN)}
+)
+
+
+class _Unsupported(Exception):
+    """A node outside the fast path's subset: the expression keeps rule_engine."""
+
+
+def _fast_symbol(node: Any, kinds: dict[str, str]) -> str:
+    """The name of a plain symbol of a type the fast path handles, its kind recorded in ``kinds``."""
+    if type(node) is not rule_ast.SymbolExpression or node.scope is not None:
+        raise _Unsupported
+    for data_type, kind in _SYMBOL_KINDS:
+        if node.result_type is data_type:
+            kinds[node.name] = kind
+            return str(node.name)
+    raise _Unsupported
+
+
+def _fast_literal(node: Any, kind: str, ordered: bool) -> Any:
+    """The value of a literal that a symbol of ``kind`` may be compared with on the fast path."""
+    literal = type(node)
+    if literal not in _LITERALS:  # another symbol, arithmetic, null, a list...
+        raise _Unsupported
+    value = node.value
+    if (literal, type(value), kind) == (rule_ast.FloatExpression, Decimal, _NUMBER):
+        if not value.is_nan():  # an ordered comparison with NaN raises; == and != are left alone too
+            return value
+    elif not ordered and (literal, type(value), kind) in _EQUALITY_LITERALS:
+        return value
+    raise _Unsupported
+
+
+def _fast_comparison(node: Any, kinds: dict[str, str]) -> _Node:
+    op = _ORDERED_OPS.get(node.type)
+    ordered = op is not None
+    if op is None:
+        op = _EQUALITY_OPS.get(node.type)
+    if op is None:
+        raise _Unsupported
+    if type(node.left) is rule_ast.SymbolExpression:
+        name = _fast_symbol(node.left, kinds)
+        literal = _fast_literal(node.right, kinds[name], ordered)
+        return lambda env: op(env[name], literal)
+    name = _fast_symbol(node.right, kinds)
+    literal = _fast_literal(node.left, kinds[name], ordered)
+    return lambda env: op(literal, env[name])
+
+
+def _fast_node(node: Any, kinds: dict[str, str]) -> _Node:
+    """A closure computing what ``node.evaluate`` returns, for values of the expected types."""
+    kind = type(node)
+    if kind is rule_ast.LogicExpression:
+        left, right = _fast_node(node.left, kinds), _fast_node(node.right, kinds)
+        if node.type == "and":
+            return lambda env: bool(left(env) and right(env))
+        if node.type == "or":
+            return lambda env: bool(left(env) or right(env))
+        raise _Unsupported
+    if kind is rule_ast.UnaryExpression and node.type == "not":
+        inner = _fast_node(node.right, kinds)
+        return lambda env: not inner(env)
+    if kind is rule_ast.BooleanExpression and type(node.value) is bool:
+        value = node.value
+        return lambda env: value
+    if kind is rule_ast.SymbolExpression:
+        name = _fast_symbol(node, kinds)
+        return lambda env: env[name]
+    if kind in (rule_ast.ComparisonExpression, rule_ast.ArithmeticComparisonExpression):
+        return _fast_comparison(node, kinds)
+    raise _Unsupported
+
+
+def _fast_path(expression: Any, symbols: frozenset[str]) -> Callable[[Mapping[str, Any]], bool | None] | None:
+    """The closure behind CompiledExpression._fast, or None if the expression is outside the subset."""
+    kinds: dict[str, str] = {}
+    try:
+        tree = _fast_node(expression, kinds)
+    except (_Unsupported, RecursionError):
+        return None
+    if set(kinds) != symbols:  # symbols the parser folded away: rare, left to rule_engine
+        return None
+    specs = tuple(sorted(kinds.items()))
+    count = len(specs)
+
+    def fast(values: Mapping[str, Any]) -> bool | None:
+        if len(values) != count:
+            return None
+        env: dict[str, Any] = {}
+        for name, kind in specs:
+            value = values.get(name)
+            given = type(value)
+            if kind is _NUMBER:
+                if given is float:
+                    if value != value:  # NaN: ordered comparisons raise, rule_engine decides
+                        return None
+                elif given is not int:
+                    return None
+                try:
+                    env[name] = Decimal(str(value))  # exactly as _evaluate_slow converts it
+                except ValueError:  # an int too long for str(): _evaluate_slow raises it
+                    return None
+            elif given is (bool if kind is _BOOLEAN else str):
+                env[name] = value
+            else:
+                return None
+        return bool(tree(env))
+
+    return fast
 
 
 def compile_expression(text: str, catalogue: Mapping[str, MetricSpec], path: str) -> CompiledExpression:
