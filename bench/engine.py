@@ -26,23 +26,25 @@ Measured, per N in 10, 1,000 and 10,000:
 (a) naive: each rule's selector, trigger and condition as ONE rule_engine expression (parsed once;
     durations, counts and windows reduced to their inner test, so the naive loop does less work
     than the engine), and ``Rule.matches`` called for every rule on every reading;
-(b) the engine as ``engine.runner.RuleEngine.on_reading`` runs it, minus I/O: ``RuleIndex.triggers_on``,
-    ``RuleIndex.for_values`` (the rules whose selector picks the device, ``for_device``, plus the
-    banked threshold rules the reading's values can flip, ``known`` telling which rules have a
-    state for the device), ``selects`` again as ``_dispatch`` does, ``evaluate`` with per (rule,
-    device) state and timers (a TIMER event at each decision's ``wake_at``), and
-    ``index.banks.observe`` after each evaluation. Nothing is written, traced or acted on.
+(b) the engine: ``engine.core.EngineCore``, the synchronous core that
+    ``engine.runner.RuleEngine.on_reading`` runs (minus I/O: device look-up, loading, writing,
+    actions): ``take`` (latest values, ``triggers_on``), ``rules_for`` (the rules whose selector
+    picks the device, cached per device; the banked threshold rules the values can flip; the
+    guarded rules whose inputs moved past a level, checked one by one or through the device's
+    level groups, ADR 0026), ``evaluate`` (state, banks, guard memory) and timers (a TIMER event
+    at each decision's ``wake_at``). Nothing is written, traced or acted on.
 
 For each N the engine first runs over the first 30,000 readings (about 5 minutes of the fleet's
 traffic: durations' timers come due, windows fill, every device primes its banks), and every timed
 run starts from a copy of that warm state (rule states, values, timers and the index with its
 banks' per-device active sets) over the next 20,000 readings; (a) and (b) run interleaved,
 --repeat times, and the median run is reported (each run stops after a time budget, so slow cells
-time fewer readings). The warm-up also runs without banks (every applicable rule evaluated, the
-engine before engine/banks.py) and the two must fire, clear and throttle the same rules on the
-same devices at the same readings, or the bench stops. Also measured: the lookup alone
-(``for_values`` from the warm state, nothing evaluated), evaluations per reading against the rules
-that apply to each reading (what an engine without banks evaluates), split by rule shape; a
+time fewer readings). The warm-up also runs on a reference core without banks and guards (every
+applicable rule evaluated on every reading) and the two must fire, clear and throttle the same
+rules on the same devices at the same readings, or the bench stops. Also measured: the lookup
+alone (``take`` and ``rules_for`` from the warm state, nothing evaluated; window rules take their
+sample there), evaluations per reading against the rules that apply to each reading (what the
+reference evaluates), split by rule shape; a
 diagnostic 10,000-rule set where only the 10 broad rules select streamed devices (the other 9,990
 belong to stores that send nothing here), a cProfile of (b) at 10,000 rules, and (c) backtests of
 Olivia's rule over freezers' stored weeks (``engine.backtest.backtest`` over an
@@ -745,7 +747,7 @@ def profile(core: EngineCore, readings: Sequence[Reading], devices: Mapping[str,
     for (filename, line, name), (_, calls, own, _cum, _) in rows:
         where = f"{Path(filename).name}:{line}" if line else filename
         lines.append(f"| {own:.2f} s | {own / total:.0%} | {calls:,} | `{name}` ({where}) |")
-    wanted = {"for_values", "for_device", "candidates", "triggers_on", "observe", "evaluate", "selects"}
+    wanted = {"take", "rules_for", "banked", "for_device", "worth_evaluating", "candidates", "evaluate"}
     cumulative = sorted(
         (kv for kv in entries if kv[0][2] in wanted and "engine" in Path(kv[0][0]).parts),
         key=lambda kv: kv[1][3],
@@ -889,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"N={n}: {naive}(b) {b.us_per_reading:,.1f} µs ({b.readings}); evaluations/reading "
             f"{b.evaluations_per_reading:.2f} of {row['applicable']:.2f} applicable; "
-            f"warm-up decisions identical without banks ({len(decided[0]):,})",
+            f"warm-up decisions identical without banks and guards ({len(decided[0]):,})",
             flush=True,
         )
         if n == sizes[-1]:
@@ -989,13 +991,13 @@ def write_report(path: Path, **r: Any) -> None:
         "",
         "## Per reading",
         "",
-        "(a) naive: rule_engine `Rule.matches` of every rule; (b) the engine as `RuleEngine.on_reading` "
-        "runs it: `triggers_on`, `for_values` (selector index + threshold banks, `known` from the state), "
-        "`selects`, `evaluate`, `banks.observe`, timers. *lookup*: `triggers_on` + `for_values` alone "
-        "from the warm state (nothing evaluated or observed); *evaluations*: rules evaluated per reading "
-        "(timers included) by (b); *applicable*: rules whose trigger and selector pick the reading, i.e. "
-        "what the engine evaluated per reading before banks; *µs per evaluation*: ((b) - lookup) / "
-        "evaluations.",
+        "(a) naive: rule_engine `Rule.matches` of every rule; (b) the engine's synchronous core as "
+        "`RuleEngine.on_reading` runs it (`engine.core.EngineCore`): `take`, `rules_for` (selections "
+        "cached per device, threshold banks, guards and level groups, ADR 0026), `evaluate`, timers. "
+        "*lookup*: `take` + `rules_for` alone from the warm state (nothing evaluated; window rules take "
+        "their sample); *evaluations*: rules evaluated per reading (timers included) by (b); "
+        "*applicable*: rules whose trigger and selector pick the reading, i.e. what an engine without "
+        "banks and guards evaluates; *µs per evaluation*: ((b) - lookup) / evaluations.",
         "",
         "| rules | (a) µs | (a) /s | (b) µs | (b) /s | (b) lookup µs | evaluations | applicable "
         "| µs per evaluation | (a)/(b) |",
@@ -1028,7 +1030,7 @@ def write_report(path: Path, **r: Any) -> None:
         "",
         "Readings timed per cell (median run): " + "; ".join(timed) + ".",
         "",
-        "Warm-up with and without banks: identical firings, clears and throttles (rule, device, "
+        "Warm-up with and without banks and guards: identical firings, clears and throttles (rule, device, "
         f"reading) at every size ({checked} decisions).",
         "",
     ]
@@ -1053,7 +1055,8 @@ def write_report(path: Path, **r: Any) -> None:
         "## Evaluations per reading by rule shape",
         "",
         "From an untimed pass of (b) over the same timed readings from the warm state. *rules*: rules "
-        "of that shape in the mix; *banked*: filed in a threshold bank (`engine.banks.bankable`).",
+        "of that shape in the mix; *banked*: filed in a threshold bank (`engine.banks.bankable`); "
+        "*guarded*: has a guard (`engine.guards`), so readings that cannot change it are skipped.",
         "",
     ]
     for row in table:

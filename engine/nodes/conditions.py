@@ -273,8 +273,9 @@ class WindowCondition(Condition):
         same reading that follows does not take the sample a second time.
         """
         node = state.setdefault(self.path, {})
-        result = self._advance(node, now, _number(value))[0]
-        node["taken"] = now.timestamp()
+        at = now.timestamp()
+        result = self._advance(node, now, at, _number(value), exact=False)[0]
+        node["taken"] = at
         return result
 
     def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
@@ -286,9 +287,10 @@ class WindowCondition(Condition):
             if ctx.event.reading and o.metric in ctx.event.reading.metrics
             else None
         )
-        if state.pop("taken", None) == now.timestamp():
+        at = now.timestamp()
+        if state.pop("taken", None) == at:
             value = None  # absorbed already (see absorb)
-        result, aggregate, n = self._advance(state, now, value)
+        result, aggregate, n = self._advance(state, now, at, value)
         if not n:
             return None, f"no {o.metric} in the last {o.window_s:g}s", {}
         if aggregate is None:
@@ -299,13 +301,28 @@ class WindowCondition(Condition):
         return result, detail, {"aggregate": aggregate, "samples": n}
 
     def _advance(
-        self, state: dict[str, Any], now: datetime, value: float | None
+        self, state: dict[str, Any], now: datetime, at: float, value: float | None, *, exact: bool = True
     ) -> tuple[bool | None, float | None, int]:
-        """Add the sample (if any), drop the expired ones: (result, aggregate, samples kept)."""
+        """Add the sample (if any) taken at ``now`` (``at``: its epoch seconds), drop the expired
+        ones: (result, aggregate, samples kept). Not ``exact``: the aggregate may be None when
+        the result is known without it."""
         o = self.options
         samples = _window_samples(state)
+        # For a mean, a running sum with a bound on its rounding error (``err``) decides most
+        # comparisons without a pass over the samples; math.fsum decides the rest, and resets it.
+        running = o.function == "mean"
+        total = err = 0.0
+        if running:
+            stored, bound = state.get("sum"), state.get("err")
+            if stored is None or bound is None:
+                stored = math.fsum(map(_value, samples))
+                bound = _U * abs(stored)
+            total, err = float(stored), float(bound)
         if value is not None:
-            samples.append([now.timestamp(), value])
+            samples.append([at, value])
+            if running:
+                total += value
+                err += _U * abs(total)
         # The horizon is worked out as a datetime (whole microseconds, like every sample's time) and
         # then made a float: epoch floats of distinct microseconds are distinct and ordered (until
         # 2242), so samples expire exactly as they did when their times were datetimes.
@@ -316,11 +333,29 @@ class WindowCondition(Condition):
             expired += 1
         expired = max(expired, n - MAX_WINDOW_SAMPLES)  # the oldest go first when too many
         if expired:
+            if running:
+                for _, old in samples[:expired]:
+                    total -= old
+                    err += _U * abs(total)
             del samples[:expired]
             n -= expired
+        if running:
+            if not exact and n:
+                # |total - exact sum| <= err; fsum's mean differs from total / n by at most
+                # (err + 3u (|total| + err)) / n (its own rounding and the two divisions'). Beyond
+                # that distance from the level the comparison cannot differ. NaN and infinities
+                # fail the test and go to fsum.
+                mean = total / n
+                slack = 1.01 * (err + 3.4e-16 * (abs(total) + err)) / n + 1e-300
+                if abs(mean - o.value) > slack:
+                    state["sum"], state["err"] = total, err
+                    return (mean > o.value if o.operator == "above" else mean < o.value), None, n
+            exact_total = math.fsum(map(_value, samples))
+            state["sum"], state["err"] = exact_total, _U * abs(exact_total)
         if not n:
             return None, None, 0
-        aggregate = _aggregate(o.function, samples)
+        # The mean as _aggregate works it out, from the fsum already taken.
+        aggregate = exact_total / n if running else _aggregate(o.function, samples)
         if aggregate is None:
             return None, None, n
         return (aggregate > o.value if o.operator == "above" else aggregate < o.value), aggregate, n
@@ -355,6 +390,7 @@ def _aggregate(function: str, samples: list[list[float]]) -> float | None:
 
 
 _value: Callable[[list[float]], float] = itemgetter(1)
+_U = 1.12e-16  # a little over the unit roundoff of a float, 2**-53: the error bound of one addition
 
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -321,3 +321,31 @@ def test_an_expression_failing_for_some_values_is_undecided_not_fatal() -> None:
     assert decision is not None and decision.result is None
     assert "could not be evaluated" in next(s.detail for s in decision.steps if s.path == "if/0")
     assert d.reading(T0, temp=5.0).result is True  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_absorbed_mean_decides_as_the_exact_mean_even_at_the_level(seed: int) -> None:
+    """absorb() decides a mean from a running sum when it is clearly away from the level; near
+    or at the level (here, exactly at it half of the time), math.fsum decides, as evaluation."""
+    rng = Random(seed)
+    compiled = rule(**{"if": [_window("mean", window_s=60, value=0.0)]})
+    window = compiled.conditions[0]
+    assert isinstance(window, conditions.WindowCondition)
+    state: dict[str, dict[str, object]] = {}
+    kept: list[tuple[float, float]] = []
+    near = 0
+    for i in range(4000):
+        at = T0 + timedelta(seconds=7 * i)
+        value = rng.choice([0.1, 0.2, 0.3, 1e-9, -0.7, 123.456, rng.uniform(-5, 5)])
+        kept = [(t, v) for t, v in kept if t > (at - timedelta(seconds=60)).timestamp()]
+        kept.append((at.timestamp(), value))
+        exact = math.fsum(v for _, v in kept) / len(kept)
+        # The level: the exact mean itself, a float next to it, or somewhere else.
+        level = rng.choice([exact, math.nextafter(exact, math.inf), math.nextafter(exact, -math.inf), 0.3])
+        near += level != 0.3
+        operator = rng.choice(["above", "below"])
+        options = window.options.model_copy(update={"value": level, "operator": operator})
+        object.__setattr__(window, "options", options)
+        expected = exact > level if operator == "above" else exact < level
+        assert window.absorb(state, at, value) is expected, (i, exact, level, operator)
+    assert near > 2500
