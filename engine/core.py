@@ -214,7 +214,7 @@ class EngineCore:
         if rule is not None and rule.guard is not None and rule.guard.trigger is not None:
             group = self._groups.get((tenant_id, device_id, rule.guard.trigger))
             if group is not None and rule_id in group.rules:
-                group.timed.add(rule_id)
+                group.timer(rule_id, wake_at)
         return True
 
     def due(self, now: datetime) -> Iterator[tuple[StateKey, datetime]]:

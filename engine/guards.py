@@ -11,17 +11,23 @@ already skip single thresholds; a guard does the same for any rule built from:
   the engine evaluates as a timer event, and any reading at or after a due timer is evaluated;
 * consecutive counts around them: evaluated on every reading while a count runs toward a change
   (true but not yet active, or false but still active), skipped once it has settled;
-* ``all`` / ``any`` / ``not`` of such conditions.
+* ``all`` / ``any`` / ``not`` of such conditions;
+* a rule that is one sliding window: the window takes each reading's sample as the reading is
+  checked (``WindowCondition.absorb``), and the rule is evaluated only when its result changes.
 
 The guard reduces the device's latest values to a *signature*: per metric the rule reads, where
 the value lies among the levels it is compared with (below, equal to or above each), or the raw
 value itself. After each evaluation the engine remembers the signature and whether a count is
 running; a later reading with the same signature, no running count and no due timer would
 evaluate every condition to what it was, so it would fire, clear, throttle, schedule and trace
-nothing new: it is skipped. Rules whose outcome depends on anything else (windows, where every
-sample counts; time of day; third-party conditions; ``fire: always``, which acts on every true
-evaluation; ``trace: all``, which records every evaluation) have no guard and are always
+nothing new: it is skipped. Rules whose outcome depends on anything else (time of day,
+third-party conditions, a window among other conditions; ``fire: always``, which acts on every
+true evaluation; ``trace: all``, which records every evaluation) have no guard and are always
 evaluated. The first evaluation of a (rule, device), after a restart or a new version, always runs.
+
+A device's guarded rules with one trigger metric are checked together (``LevelGroup``): one
+bisection per metric they read finds the rules whose levels the new value crossed, whatever
+their number.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.document import FireMode, RuleDocument, TraceMode
+from engine.expressions import CompiledExpression, ExpressionRuntimeError
 from engine.nodes.base import Action, Condition, Trigger
 from engine.nodes.conditions import (
     ConsecutiveCondition,
@@ -54,7 +61,7 @@ Levels = tuple[float, ...] | None  # the levels a metric is compared with; None:
 class Guard:
     """What a rule's outcome can depend on: metrics with their levels, and its running counts."""
 
-    __slots__ = ("_components", "_counters", "_levels", "_metric", "metrics", "trigger", "window")
+    __slots__ = ("_components", "_counters", "_leaves", "_levels", "_metric", "metrics", "trigger", "window")
 
     def __init__(
         self,
@@ -62,8 +69,10 @@ class Guard:
         counters: Sequence[str],
         trigger: str | None = None,
         window: WindowCondition | None = None,
+        leaves: tuple[Leaf, ...] | None = None,
     ) -> None:
         self.metrics = dict(sorted(metrics.items()))
+        self._leaves = leaves
         # A rule that is one sliding window: every reading's sample counts, but the result rarely
         # changes. The window takes the sample as the reading is checked, and the signature is
         # its result (WindowCondition.absorb).
@@ -86,6 +95,16 @@ class Guard:
             at = bisect.bisect_left(levels, value)
             return 2 * at + (1 if at < len(levels) and levels[at] == value else 0)
         return _component(value, levels)
+
+    @property
+    def refines(self) -> bool:
+        """Whether ``results`` can tell more than ``signature`` (the rule has an expression)."""
+        return self._leaves is not None
+
+    def results(self, values: Mapping[str, MetricValue]) -> Any:
+        """What each leaf condition tells from these values (None when nothing more than the
+        signature): equal results mean equal evaluations, whatever the signature says."""
+        return None if self._leaves is None else _results(self._leaves, values)
 
     def settled(self, state: Mapping[str, Mapping[str, Any]]) -> bool:
         """Whether no consecutive count is running toward a change (hits while inactive, misses
@@ -117,11 +136,7 @@ class Seen:
     guard: Guard
     signature: Any
     settled: bool
-
-    def unchanged(self, guard: Guard | None, values: Mapping[str, MetricValue]) -> bool:
-        """Whether evaluating ``guard``'s rule again with these values would change nothing
-        (a due timer aside, which the caller checks)."""
-        return guard is self.guard and self.settled and guard.signature(values) == self.signature
+    results: Any = None  # Guard.results of the values, when the guard refines
 
 
 def remember(
@@ -133,7 +148,17 @@ def remember(
     """What to remember after evaluating a rule with ``guard`` (``result``: the rule's verdict)."""
     if guard.window is not None:
         return Seen(guard, result, True)
-    return Seen(guard, guard.signature(values), guard.settled(state))
+    return Seen(guard, guard.signature(values), guard.settled(state), guard.results(values))
+
+
+def _same_results(last: Seen, guard: Guard, values: Mapping[str, MetricValue]) -> bool:
+    """For a settled rule whose signature moved: whether every leaf still tells what it told at
+    the last evaluation, so evaluating again would decide the same. If so, the remembered
+    signature moves to these values (the rule is as if evaluated on them)."""
+    if not guard.refines or guard.results(values) != last.results:
+        return False
+    last.signature = guard.signature(values)
+    return True
 
 
 def worth_evaluating(
@@ -168,7 +193,7 @@ def worth_evaluating(
             continue
         if window is None:
             signature = guard.signature(values)
-        if signature != last.signature:
+        if signature != last.signature and (window is not None or not _same_results(last, guard, values)):
             kept.append(rule)
             continue
         due = timers.get(key)
@@ -192,7 +217,7 @@ class LevelGroup:
     change otherwise.
     """
 
-    __slots__ = ("last", "recheck", "rules", "running", "stamp", "timed", "watch")
+    __slots__ = ("last", "next_due", "recheck", "rules", "running", "stamp", "timed", "watch")
 
     def __init__(self, rules: Iterable[CompiledRule], stamp: Any) -> None:
         self.rules = {r.rule_id: r for r in rules}
@@ -220,6 +245,7 @@ class LevelGroup:
         self.last: dict[str, Any] | None = None  # None: the next reading checks every rule
         self.running: set[str] = set()  # consecutive counts in progress
         self.timed: set[str] = set(self.rules)  # may have a timer pending (checked against timers)
+        self.next_due: datetime | None = None  # the earliest of their timers (None: look)
         self.recheck: set[str] = set()
         self.stamp = stamp
 
@@ -253,24 +279,55 @@ class LevelGroup:
                 if _plain_number(before) and _plain_number(now):
                     a, b = float(before), float(now)  # type: ignore[arg-type]
                     low, high = (a, b) if a < b else (b, a)
-                    picked.update(owners[bisect.bisect_left(levels, low) : bisect.bisect_right(levels, high)])
+                    first, end = bisect.bisect_left(levels, low), bisect.bisect_right(levels, high)
+                    if first < end:
+                        picked.update(owners[first:end])
                 else:
                     picked |= leveled
         if self.running:
             picked |= self.running
-        if self.timed:
+        if self.timed and (self.next_due is None or self.next_due <= at):
+            earliest = None
             for rule_id in list(self.timed):
                 due = timers.get((tenant_id, rule_id, device_id))
                 if due is None:
                     self.timed.discard(rule_id)
-                elif due <= at:
+                    continue
+                if due <= at:
                     picked.add(rule_id)
-        found = [self.rules[rule_id] for rule_id in picked]
+                if earliest is None or due < earliest:
+                    earliest = due
+            self.next_due = earliest
+        if not picked and not self.recheck:
+            return []
+        found = []
+        for rule_id in picked:
+            rule = self.rules[rule_id]
+            guard = rule.guard
+            if guard is not None and guard.refines and rule_id not in self.running:
+                key = (tenant_id, rule_id, device_id)
+                memo = seen.get(key)
+                due = timers.get(key)
+                if (
+                    memo is not None
+                    and memo.settled
+                    and memo.guard is guard
+                    and (due is None or due > at)
+                    and _same_results(memo, guard, values)
+                ):
+                    continue
+            found.append(rule)
         if self.recheck:
             again = [self.rules[rule_id] for rule_id in self.recheck - picked]
             self.recheck = set()
             found += worth_evaluating(again, tenant_id, device_id, values, at, seen, timers, states)
         return found
+
+    def timer(self, rule_id: str, wake_at: datetime) -> None:
+        """One of the group's rules asked for a timer."""
+        self.timed.add(rule_id)
+        if self.next_due is not None and wake_at < self.next_due:
+            self.next_due = wake_at
 
     def note(self, rule_id: str, seen: Seen) -> None:
         """After an evaluation of one of the group's rules."""
@@ -318,35 +375,66 @@ def guard_for(
         return Guard({}, [], window=window) if every_reading_of(window.options.metric) else None
     metrics: dict[str, Levels] = {}
     counters: list[str] = []
+    leaves: list[Leaf] = []
     for condition in conditions:
-        if not _collect(condition, metrics, counters):
+        if not _collect(condition, metrics, counters, leaves):
             return None
     first = triggers[0] if triggers else None
     wanted = first.options.metrics if isinstance(first, TelemetryReceived) else []
     trigger = wanted[0] if len(wanted) == 1 and every_reading_of(wanted[0]) else None
-    return Guard(metrics, counters, trigger)
+    # With an expression among the leaves, a change of signature may still leave every leaf's
+    # result as it was (door_open flipping while "door_open and temp > -14" stays false): the
+    # leaves' results are checked before evaluating (Guard.results).
+    with_expression = any(not isinstance(leaf, tuple) for leaf in leaves)
+    return Guard(metrics, counters, trigger, leaves=tuple(leaves) if with_expression else None)
 
 
-def _collect(condition: Condition, metrics: dict[str, Levels], counters: list[str]) -> bool:
+Leaf = tuple[str, Levels] | CompiledExpression  # a threshold's metric and levels, or an expression
+
+
+def _collect(
+    condition: Condition, metrics: dict[str, Levels], counters: list[str], leaves: list[Leaf]
+) -> bool:
     kind = type(condition)
     if kind is ThresholdCondition:
         o = condition.options
-        levels = (o.value,) if o.clear_at is None else (o.value, o.clear_at)
-        _merge(metrics, o.metric, tuple(float(level) for level in levels))
+        levels = tuple(sorted({float(o.value), *(() if o.clear_at is None else (float(o.clear_at),))}))
+        _merge(metrics, o.metric, levels)
+        leaves.append((o.metric, levels))
         return True
     if kind is ExpressionCondition:
         assert isinstance(condition, ExpressionCondition)
         for metric, found in condition.compiled.levels.items():
             _merge(metrics, metric, found)
+        leaves.append(condition.compiled)
         return True
     if kind is DurationCondition or kind is ConsecutiveCondition:
         if kind is ConsecutiveCondition:
             counters.append(condition.path)
-        return condition.child is not None and _collect(condition.child, metrics, counters)
+        return condition.child is not None and _collect(condition.child, metrics, counters, leaves)
     if condition.node_key == "group":  # engine.compiler.GroupCondition (which imports this module)
         children: list[Condition] = getattr(condition, "children", [])
-        return all(_collect(child, metrics, counters) for child in children)
+        return all(_collect(child, metrics, counters, leaves) for child in children)
     return False  # windows, time of day, third-party conditions: every evaluation may matter
+
+
+def _results(leaves: tuple[Leaf, ...], values: Mapping[str, MetricValue]) -> tuple[Any, ...]:
+    """What each leaf condition can tell from these values: a threshold's position among its
+    levels, an expression's result (None when undecided, as ExpressionCondition has it)."""
+    out: list[Any] = []
+    for leaf in leaves:
+        if isinstance(leaf, tuple):
+            out.append(_component(values.get(leaf[0]), leaf[1]))
+            continue
+        inputs = {m: values.get(m) for m in leaf.symbols}
+        if any(v is None for v in inputs.values()):
+            out.append(None)
+            continue
+        try:
+            out.append(leaf.evaluate(inputs))
+        except ExpressionRuntimeError:
+            out.append(None)
+    return tuple(out)
 
 
 def _merge(metrics: dict[str, Levels], metric: str, levels: Levels) -> None:
