@@ -105,7 +105,7 @@ class EngineCore:
         checked = len(single)
         for group in plan.groups:
             checked += len(group.rules)
-            picked += group.candidates(tenant_id, device_id, values, at, seen, timers, states)
+            picked += group.candidates(values, at, seen, timers, states)
         self.skipped += checked - len(picked)
         return banked + picked if banked else picked
 
@@ -149,7 +149,7 @@ class EngineCore:
         if not members:
             self._groups.pop(key, None)
             return None
-        group = self._groups[key] = LevelGroup(members, stamp)
+        group = self._groups[key] = LevelGroup(tenant_id, device.id, members, stamp)
         return group
 
     # --- evaluation -----------------------------------------------------------------------------

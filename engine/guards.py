@@ -217,9 +217,21 @@ class LevelGroup:
     change otherwise.
     """
 
-    __slots__ = ("last", "next_due", "recheck", "rules", "running", "stamp", "timed", "watch")
+    __slots__ = (
+        "device_id",
+        "last",
+        "next_due",
+        "recheck",
+        "rules",
+        "running",
+        "stamp",
+        "tenant_id",
+        "timed",
+        "watch",
+    )
 
-    def __init__(self, rules: Iterable[CompiledRule], stamp: Any) -> None:
+    def __init__(self, tenant_id: str, device_id: str, rules: Iterable[CompiledRule], stamp: Any) -> None:
+        self.tenant_id, self.device_id = tenant_id, device_id
         self.rules = {r.rule_id: r for r in rules}
         leveled: dict[str, list[tuple[float, str]]] = {}
         by_value: dict[str, set[str]] = {}
@@ -251,8 +263,6 @@ class LevelGroup:
 
     def candidates(
         self,
-        tenant_id: str,
-        device_id: str,
         values: Mapping[str, MetricValue],
         at: datetime,
         seen: Mapping[tuple[str, str, str], Seen],
@@ -261,6 +271,7 @@ class LevelGroup:
     ) -> list[CompiledRule]:
         """The rules of the group a reading of its trigger metric (already in ``values``) must
         evaluate."""
+        tenant_id, device_id = self.tenant_id, self.device_id
         last = self.last
         if last is None:
             self.last = {metric: values.get(metric) for metric, *_ in self.watch}
@@ -270,7 +281,11 @@ class LevelGroup:
         for metric, levels, owners, leveled, by_value in self.watch:
             now = values.get(metric)
             before = last[metric]
-            if before == now and before.__class__ is now.__class__ and (now or _same_zero(before, now)):
+            if (
+                before == now
+                and before.__class__ is now.__class__
+                and (now or now.__class__ is not float or _same_zero(before, now))
+            ):
                 continue
             last[metric] = now
             if by_value:
@@ -340,9 +355,8 @@ class LevelGroup:
 
 
 def _same_zero(before: Any, now: Any) -> bool:
-    """For equal values of the same class that are falsy: not 0.0 against -0.0 (an expression can
-    tell them apart)."""
-    return now.__class__ is not float or math.copysign(1.0, before) == math.copysign(1.0, now)
+    """For two float zeros: not 0.0 against -0.0 (an expression can tell them apart)."""
+    return math.copysign(1.0, before) == math.copysign(1.0, now)
 
 
 def _plain_number(value: Any) -> bool:

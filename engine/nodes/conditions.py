@@ -259,6 +259,9 @@ class WindowCondition(Condition):
     def __init__(self, path: str, options: Any, context: CompileContext, child: Condition | None) -> None:
         super().__init__(path, options, context, child)
         self._window = timedelta(seconds=self.options.window_s)
+        self._mean = self.options.function == "mean"
+        self._level = float(self.options.value)
+        self._above = self.options.operator == "above"
 
     def metrics(self) -> frozenset[str]:
         return frozenset({self.options.metric})
@@ -272,9 +275,43 @@ class WindowCondition(Condition):
         changes nothing but the samples, so the rule need not be evaluated. An evaluation for the
         same reading that follows does not take the sample a second time.
         """
-        node = state.setdefault(self.path, {})
+        node = state.get(self.path)
+        if node is None:
+            node = state[self.path] = {}
         at = now.timestamp()
-        result = self._advance(node, now, at, _number(value), exact=False)[0]
+        number = _number(value)
+        samples, total, err = node.get("samples"), node.get("sum"), node.get("err")
+        if (
+            self._mean
+            and samples
+            and total is not None
+            and err is not None
+            and samples[0][0].__class__ is float
+            and len(samples) < MAX_WINDOW_SAMPLES
+        ):
+            # The common case, inline: what _advance does for a mean decided by its running sum.
+            if number is not None:
+                samples.append([at, number])
+                total += number
+                err += _U * abs(total)
+                number = None  # taken
+            horizon = (now - self._window).timestamp()
+            expired = 0
+            n = len(samples)
+            while expired < n and samples[expired][0] <= horizon:
+                total -= samples[expired][1]
+                err += _U * abs(total)
+                expired += 1
+            if expired:
+                del samples[:expired]
+                n -= expired
+            node["sum"], node["err"] = total, err
+            node["taken"] = at
+            if n:
+                mean: float = total / n
+                if abs(mean - self._level) > 1.01 * (err + 3.4e-16 * (abs(total) + err)) / n + 1e-300:
+                    return mean > self._level if self._above else mean < self._level
+        result = self._advance(node, now, at, number, exact=False)[0]
         node["taken"] = at
         return result
 

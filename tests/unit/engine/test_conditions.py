@@ -344,8 +344,8 @@ def test_an_absorbed_mean_decides_as_the_exact_mean_even_at_the_level(seed: int)
         level = rng.choice([exact, math.nextafter(exact, math.inf), math.nextafter(exact, -math.inf), 0.3])
         near += level != 0.3
         operator = rng.choice(["above", "below"])
-        options = window.options.model_copy(update={"value": level, "operator": operator})
-        object.__setattr__(window, "options", options)
+        window = rule(**{"if": [_window("mean", window_s=60, value=level, operator=operator)]}).conditions[0]
+        assert isinstance(window, conditions.WindowCondition)
         expected = exact > level if operator == "above" else exact < level
         assert window.absorb(state, at, value) is expected, (i, exact, level, operator)
     assert near > 2500
