@@ -36,7 +36,7 @@ class _Plan:
     type_id: str
     labels: dict[str, str]
     single: list[CompiledRule]
-    groups: list[LevelGroup]
+    group: LevelGroup | None
 
 
 class EngineCore:
@@ -61,9 +61,9 @@ class EngineCore:
         self.evaluations = 0
         self.skipped = 0  # guarded evaluations a reading did not need
         # Per (tenant, device, metric set): which rules a reading checks one by one and which in
-        # level groups; per (tenant, device, metric): the level groups (engine.guards.LevelGroup).
+        # its level group (engine.guards.LevelGroup); per device, its groups by metric set.
         self._plans: dict[tuple[str, str, tuple[str, ...]], _Plan] = {}
-        self._groups: dict[tuple[str, str, str], LevelGroup] = {}
+        self._groups: dict[DeviceKey, dict[tuple[str, ...], LevelGroup]] = {}
         self._drops = 0  # changes whenever remembered signatures are dropped: groups start afresh
 
     # --- readings -------------------------------------------------------------------------------
@@ -103,7 +103,8 @@ class EngineCore:
         values, at, seen, timers = self.values[(tenant_id, device_id)], reading.ts, self.seen, self.scheduled
         picked = worth_evaluating(single, tenant_id, device_id, values, at, seen, timers, states)
         checked = len(single)
-        for group in plan.groups:
+        group = plan.group
+        if group is not None:
             checked += len(group.rules)
             picked += group.candidates(values, at, seen, timers, states)
         self.skipped += checked - len(picked)
@@ -123,34 +124,23 @@ class EngineCore:
         if len(self._plans) >= MAX_PLANS:
             self._plans.clear()
             self._groups.clear()
-        stamp = (self.index.generation, self._drops, device.type_id, tuple(sorted(device.labels.items())))
-        groups: list[LevelGroup] = []
-        grouped: set[str] = set()
-        for metric in key[2]:
-            group = self._group(tenant_id, device, metric, stamp)
-            if group is not None:
-                groups.append(group)
-                grouped.update(group.rules)
-        single = [r for r in self.index.for_device(tenant_id, device, key[2]) if r.rule_id not in grouped]
-        plan = _Plan(stamp[0], stamp[1], device.type_id, dict(device.labels), single, groups)
+        # Every reading with this metric set triggers the guarded rules whose one trigger metric
+        # is in it: they form the plan's level group. A rule is in the group of every metric set
+        # that reaches it; each group keeps its own last values.
+        present = set(key[2])
+        selected = self.index.for_device(tenant_id, device, key[2])
+        members = [r for r in selected if r.guard is not None and r.guard.trigger in present]
+        grouped = {r.rule_id for r in members}
+        single = [r for r in selected if r.rule_id not in grouped]
+        groups = self._groups.setdefault((tenant_id, device.id), {})
+        group = None
+        if members:
+            group = groups[key[2]] = LevelGroup(tenant_id, device.id, members, None)
+        else:
+            groups.pop(key[2], None)
+        plan = _Plan(self.index.generation, self._drops, device.type_id, dict(device.labels), single, group)
         self._plans[key] = plan
         return plan
-
-    def _group(self, tenant_id: str, device: DeviceView, metric: str, stamp: Any) -> LevelGroup | None:
-        key = (tenant_id, device.id, metric)
-        group = self._groups.get(key)
-        if group is not None and group.stamp == stamp:
-            return group
-        members = [
-            r
-            for r in self.index.for_device(tenant_id, device, [metric])
-            if r.guard is not None and r.guard.trigger == metric
-        ]
-        if not members:
-            self._groups.pop(key, None)
-            return None
-        group = self._groups[key] = LevelGroup(tenant_id, device.id, members, stamp)
-        return group
 
     # --- evaluation -----------------------------------------------------------------------------
 
@@ -182,9 +172,9 @@ class EngineCore:
         if guard is not None:
             seen = self.seen[key] = remember(guard, values, state, decision.result)
             if guard.trigger is not None:
-                group = self._groups.get((key[0], key[2], guard.trigger))
-                if group is not None and group.rules.get(rule.rule_id) is rule:
-                    group.note(rule.rule_id, seen)
+                for group in self._groups.get((key[0], key[2]), {}).values():
+                    if group.rules.get(rule.rule_id) is rule:
+                        group.note(rule.rule_id, seen)
         # Traces: every firing, clear and throttle, and every change of result for the device
         # (the first evaluation included), so "why not?" always has an answer; the evaluations
         # in between change nothing and are counted, not stored, unless the rule traces all.
@@ -212,9 +202,9 @@ class EngineCore:
         tenant_id, rule_id, device_id = key
         rule = self.index.get(tenant_id, rule_id)
         if rule is not None and rule.guard is not None and rule.guard.trigger is not None:
-            group = self._groups.get((tenant_id, device_id, rule.guard.trigger))
-            if group is not None and rule_id in group.rules:
-                group.timer(rule_id, wake_at)
+            for group in self._groups.get((tenant_id, device_id), {}).values():
+                if rule_id in group.rules:
+                    group.timer(rule_id, wake_at)
         return True
 
     def due(self, now: datetime) -> Iterator[tuple[StateKey, datetime]]:
@@ -250,9 +240,9 @@ class EngineCore:
             self.drop(key)
         self.index.banks.forget_device(tenant_id, device_id)
         self._drops += 1
-        for cache in (self._plans, self._groups):
-            for cached in [k for k in cache if k[0] == tenant_id and k[1] == device_id]:
-                del cache[cached]  # type: ignore[arg-type]
+        self._groups.pop((tenant_id, device_id), None)
+        for cached in [k for k in self._plans if k[0] == tenant_id and k[1] == device_id]:
+            del self._plans[cached]
         return keys
 
     def forget_rule(self, tenant_id: str, rule_id: str) -> list[StateKey]:

@@ -79,7 +79,7 @@ class Guard:
         self.window = window
         # The one metric whose every reading triggers the rule, and nothing else does: a device's
         # rules with the same trigger are checked together (LevelGroup).
-        self.trigger = trigger if window is None else None
+        self.trigger = trigger
         self._components = tuple(self.metrics.items())
         self._counters = tuple(counters)
         # Most rules read one metric: its signature is one component, computed inline.
@@ -203,18 +203,20 @@ def worth_evaluating(
 
 
 class LevelGroup:
-    """A device's guarded rules with one trigger metric (``Guard.trigger``), checked together.
+    """The guarded rules that readings of one device with one metric set reach, checked together.
 
-    Every reading of the trigger metric triggers each of them, and the group looks at each such
-    reading. It keeps ``last``, the values of the metrics its rules read as of the previous one.
-    Invariant: each rule's remembered signature is its signature of ``last``. It holds after the
-    first reading, which checks every rule one by one. Then a rule can only have moved if one of
-    its levels lies between the old and the new value of a metric (one bisection per metric finds
+    Its members have one trigger metric each (``Guard.trigger``), and it is in the set, so every
+    such reading triggers every member; the engine hands the group each of them (one group per
+    metric set: a rule reached by several sets is in several groups). The group keeps ``last``,
+    the values of the metrics its rules read as of its previous reading. Invariant: each rule's
+    remembered evaluation decides as its signature of ``last`` would. It holds after the first
+    reading, which checks every rule one by one. Then a rule can only have moved if one of its
+    levels lies between the old and the new value of a metric (one bisection per metric finds
     them, whatever the number of rules), if a metric it reads by value changed, if its count is
-    running or if its timer is due. A rule evaluated otherwise (a timer, a status change) on
-    values the group has not seen is checked one by one at the next reading (``recheck``). The
-    engine makes a new group (``stamp``) when the rules, the device or the remembered signatures
-    change otherwise.
+    running or if its timer is due. A rule evaluated elsewhere (another group, a timer, a status
+    change) on values this group has not seen is checked one by one at its next reading
+    (``recheck``). The engine makes a new group when the rules, the device or the remembered
+    signatures change otherwise.
     """
 
     __slots__ = (
@@ -228,6 +230,7 @@ class LevelGroup:
         "tenant_id",
         "timed",
         "watch",
+        "windows",
     )
 
     def __init__(self, tenant_id: str, device_id: str, rules: Iterable[CompiledRule], stamp: Any) -> None:
@@ -253,6 +256,12 @@ class LevelGroup:
                 frozenset(by_value.get(metric, ())),
             )
             for metric in sorted({*leveled, *by_value})
+        )
+        # Sliding windows: their rule, condition and metric.
+        self.windows = tuple(
+            (rule_id, rule.guard.window, rule.guard.window.options.metric)
+            for rule_id, rule in self.rules.items()
+            if rule.guard is not None and rule.guard.window is not None
         )
         self.last: dict[str, Any] | None = None  # None: the next reading checks every rule
         self.running: set[str] = set()  # consecutive counts in progress
@@ -301,6 +310,15 @@ class LevelGroup:
                     picked |= leveled
         if self.running:
             picked |= self.running
+        for rule_id, window, metric in self.windows:  # every sample counts: taken on every reading
+            key = (tenant_id, rule_id, device_id)
+            state = states.get(key)
+            if state is None:
+                state = states[key] = {}
+            result = window.absorb(state, at, values.get(metric))
+            memo = seen.get(key)
+            if memo is None or memo.guard is not self.rules[rule_id].guard or memo.signature != result:
+                picked.add(rule_id)
         if self.timed and (self.next_due is None or self.next_due <= at):
             earliest = None
             for rule_id in list(self.timed):
@@ -350,6 +368,8 @@ class LevelGroup:
             self.running.discard(rule_id)
         else:
             self.running.add(rule_id)
+        if seen.guard.window is not None:
+            return  # a window's signature is its result, taken on every reading of the group
         if self.last is not None and seen.guard.signature(self.last) != seen.signature:
             self.recheck.add(rule_id)  # evaluated on values the group has not seen
 
@@ -386,7 +406,8 @@ def guard_for(
     if len(conditions) == 1 and type(conditions[0]) is WindowCondition:
         window = conditions[0]
         assert isinstance(window, WindowCondition)
-        return Guard({}, [], window=window) if every_reading_of(window.options.metric) else None
+        metric = window.options.metric
+        return Guard({}, [], metric, window=window) if every_reading_of(metric) else None
     metrics: dict[str, Levels] = {}
     counters: list[str] = []
     leaves: list[Leaf] = []

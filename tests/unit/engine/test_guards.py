@@ -87,7 +87,8 @@ def random_rule(n: int, rng: random.Random) -> CompiledRule:
 
 def _stream(rng: random.Random, count: int) -> list[tuple[int, dict[str, MetricValue]]]:
     """Per device a random walk of temp crossing the levels, with the door and mode now and then
-    changing in readings that trigger nothing (no temp)."""
+    changing in readings that trigger nothing (no temp), and some readings carrying temp and the
+    door together (the same rules reached through two metric sets)."""
     level = {d: rng.uniform(-16, -4) for d in range(len(DEVICES))}
     out: list[tuple[int, dict[str, MetricValue]]] = []
     for _ in range(count):
@@ -99,7 +100,10 @@ def _stream(rng: random.Random, count: int) -> list[tuple[int, dict[str, MetricV
             out.append((d, {"mode": rng.choice(["normal", "defrost"])}))
         else:
             level[d] = min(0.0, max(-20.0, level[d] + rng.gauss(0, 0.8)))
-            out.append((d, {"temp": "n/a" if rng.random() < 0.005 else round(level[d], 1)}))
+            reading: dict[str, MetricValue] = {"temp": "n/a" if rng.random() < 0.005 else round(level[d], 1)}
+            if roll > 0.7:  # the same rules through another metric set (another level group)
+                reading["door_open"] = rng.random() < 0.3
+            out.append((d, reading))
     return out
 
 
