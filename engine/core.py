@@ -153,8 +153,12 @@ class EngineCore:
         if state is None:
             state = self.states[key] = {}
         last = state.get(RULE_STATE)
-        seen = last.get("last_at") if last else None
-        if event.kind is EventKind.TIMER and seen is not None and event.ts < datetime.fromisoformat(seen):
+        last_at = last.get("last_at") if last else None
+        if (
+            event.kind is EventKind.TIMER
+            and last_at is not None
+            and event.ts < datetime.fromisoformat(last_at)
+        ):
             return None  # later events already moved this state past the timer
         values_key = (event.tenant_id, device.id)
         values = self.values.get(values_key)
@@ -165,16 +169,16 @@ class EngineCore:
         if decision is None:
             return None
         last = state[RULE_STATE]  # evaluate made it
-        if seen is None or event.ts > datetime.fromisoformat(seen):
+        if last_at is None or event.ts > datetime.fromisoformat(last_at):
             last["last_at"] = event.ts.isoformat()
         self.index.banks.observe(rule, device.id, state)
         guard = rule.guard
         if guard is not None:
-            seen = self.seen[key] = remember(guard, values, state, decision.result)
+            memo = self.seen[key] = remember(guard, values, state, decision.result)
             if guard.trigger is not None:
                 for group in self._groups.get((key[0], key[2]), {}).values():
                     if group.rules.get(rule.rule_id) is rule:
-                        group.note(rule.rule_id, seen)
+                        group.note(rule.rule_id, memo)
         # Traces: every firing, clear and throttle, and every change of result for the device
         # (the first evaluation included), so "why not?" always has an answer; the evaluations
         # in between change nothing and are counted, not stored, unless the rule traces all.
