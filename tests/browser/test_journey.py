@@ -35,25 +35,34 @@ def field(page: Page, path: str, option: str) -> object:
 
 
 def add(page: Page, section: str, choice: str, parent: str = "", expect_path: str = "") -> None:
-    """Pick a node type in a palette and press its Add button; wait for the node to appear."""
+    """Pick a node type in a palette and press its Add button; wait for the node to appear and
+    for htmx to have settled the builder it swapped in (typing into it before that goes
+    unnoticed)."""
     select_id = f"new-{section}-{parent.replace('/', '-')}"
     page.locator(f"#{select_id}").select_option(choice)
     op = f"add|{section}|{parent}" if section == "if" else f"add|{section}"
     page.locator(f'button[name="op"][value="{op}"]').click()
     if expect_path:
         expect(page.locator(f'section.node[data-path="{expect_path}"]')).to_be_visible()
+    settled(page)
 
 
 def settled(page: Page) -> None:
-    """Wait until htmx has no request in flight (it marks the elements that made one)."""
-    page.wait_for_function("() => document.querySelectorAll('.htmx-request').length === 0")
+    """Wait until htmx has no request in flight and has finished swapping and settling what came
+    back (it marks the elements involved): an element it swapped in gets its listeners when it
+    settles, and a choice made before that goes unnoticed."""
+    page.wait_for_function(
+        "() => document.querySelectorAll("
+        "'.htmx-request, .htmx-swapping, .htmx-settling, .htmx-added').length === 0"
+    )
 
 
 def create_channel(page: Page, name: str, port: int) -> None:
     """A JSON webhook channel to the test's receiver, through the kind's fields; then test it."""
     page.get_by_label("Name").fill(name)
     page.get_by_label("Kind").select_option("JSON")
-    settled(page)  # the kind's fields are swapped in: choosing a URL form before that is lost
+    expect(page.locator("#channel-fields legend")).to_have_text("JSON")
+    settled(page)  # the kind's fields are swapped in and live: choosing a URL form before is lost
     page.get_by_label("URL form").select_option(label="{schema}://{host}:{port}")
     settled(page)
     expect(page.locator("#t-port")).to_be_visible(timeout=20_000)
@@ -138,7 +147,9 @@ def test_olivia_builds_tests_publishes_and_watches_her_freezer_rule(
     field(page, "then/1", "body").fill("{{ device.id }} is warm")
     add(page, "else", "alarm.clear", expect_path="else/0")
     field(page, "else/0", "alarm_type").fill("freezer-warm")
-    expect(page.locator("#problems")).to_contain_text("No problems")
+    # The check waits 400 ms after the last keystroke; on a loaded machine its answer can take a
+    # few seconds more.
+    expect(page.locator("#problems")).to_contain_text("No problems", timeout=15_000)
     expect(page.locator('#diagram g[data-path="if/0/0"]')).to_contain_text("temp above -10")
     shot(page, artifacts, "04-builder")
     page.locator("section.card.sticky").screenshot(path=str(artifacts / "editor-flow.png"))
