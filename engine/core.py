@@ -17,11 +17,10 @@ from engine.compiler import RULE_STATE, CompiledRule, Decision
 from engine.document import TraceMode
 from engine.evaluation import DeviceView, Event, EventKind
 from engine.executors import DERIVED_SOURCE_KIND
-from engine.guards import LevelGroup, Seen, remember, worth_evaluating
+from engine.guards import LevelGroup, Memory, Seen, StateKey, remember, worth_evaluating
 from engine.index import RuleIndex
 from model.readings import MetricValue, Reading
 
-StateKey = tuple[str, str, str]  # tenant, rule, device
 DeviceKey = tuple[str, str]  # tenant, device
 MAX_PLANS = 200_000  # cached (device, metric set) plans; beyond, plans and groups start afresh
 
@@ -58,6 +57,7 @@ class EngineCore:
         self.seen: dict[StateKey, Seen] = {}
         self.scheduled: dict[StateKey, datetime] = {}
         self.timers: list[tuple[datetime, str, str, str]] = []
+        self.memory = Memory(self.seen, self.scheduled, self.states)  # what guards read
         self.evaluations = 0
         self.skipped = 0  # guarded evaluations a reading did not need
         # Per (tenant, device, metric set): which rules a reading checks one by one and which in
@@ -100,13 +100,13 @@ class EngineCore:
             writer = reading.source.instance
             banked = [r for r in banked if r.rule_id != writer]
             single = [r for r in single if r.rule_id != writer]
-        values, at, seen, timers = self.values[(tenant_id, device_id)], reading.ts, self.seen, self.scheduled
-        picked = worth_evaluating(single, tenant_id, device_id, values, at, seen, timers, states)
+        values, at, memory = self.values[(tenant_id, device_id)], reading.ts, self.memory
+        picked = worth_evaluating(single, tenant_id, device_id, values, at, memory)
         checked = len(single)
         group = plan.group
         if group is not None:
             checked += len(group.rules)
-            picked += group.candidates(values, at, seen, timers, states)
+            picked += group.candidates(values, at, memory)
         self.skipped += checked - len(picked)
         return banked + picked if banked else picked
 
@@ -149,9 +149,7 @@ class EngineCore:
         is a timer that later events made stale). Updates the state, the banks and the guard
         memory; ``decision.traced`` says whether the decision should be stored as a trace."""
         key = (event.tenant_id, rule.rule_id, device.id)
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = {}
+        state = self.memory.state(key)
         last = state.get(RULE_STATE)
         last_at = last.get("last_at") if last else None
         if (

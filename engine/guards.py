@@ -55,6 +55,7 @@ from model.readings import MetricValue
 if TYPE_CHECKING:
     from engine.compiler import CompiledRule  # which imports this module
 
+StateKey = tuple[str, str, str]  # tenant, rule, device
 Levels = tuple[float, ...] | None  # the levels a metric is compared with; None: its raw value counts
 
 
@@ -139,6 +140,23 @@ class Seen:
     results: Any = None  # Guard.results of the values, when the guard refines
 
 
+@dataclass(slots=True)
+class Memory:
+    """What the engine keeps between readings that guards read: per (tenant, rule, device) the
+    last evaluation (``seen``), the pending timer and the nodes' state (engine.core)."""
+
+    seen: dict[StateKey, Seen]
+    timers: Mapping[StateKey, datetime]
+    states: dict[StateKey, dict[str, Any]]
+
+    def state(self, key: StateKey) -> dict[str, Any]:
+        """The nodes' state of a (tenant, rule, device), made empty the first time."""
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = {}
+        return state
+
+
 def remember(
     guard: Guard,
     values: Mapping[str, MetricValue],
@@ -167,13 +185,12 @@ def worth_evaluating(
     device_id: str,
     values: Mapping[str, MetricValue],
     at: datetime,
-    seen: Mapping[tuple[str, str, str], Seen],
-    timers: Mapping[tuple[str, str, str], datetime],
-    states: dict[tuple[str, str, str], dict[str, Any]],
+    memory: Memory,
 ) -> list[CompiledRule]:
     """The rules a reading of the device at ``at`` must be evaluated for: all but the guarded ones
-    whose signature is unchanged, with no count running and no timer (``timers``) due by ``at``
-    (a new list). Window rules take the reading's sample into their state (``states``) here."""
+    whose signature is unchanged, with no count running and no timer due by ``at`` (a new list).
+    Window rules take the reading's sample into their state here."""
+    seen, timers = memory.seen, memory.timers
     kept = []
     for rule in rules:
         guard = rule.guard
@@ -183,10 +200,7 @@ def worth_evaluating(
         key = (tenant_id, rule.rule_id, device_id)
         window = guard.window
         if window is not None:
-            state = states.get(key)
-            if state is None:
-                state = states[key] = {}
-            signature = window.absorb(state, at, values.get(window.options.metric))
+            signature = window.absorb(memory.state(key), at, values.get(window.options.metric))
         last = seen.get(key)
         if last is None or not last.settled or last.guard is not guard:
             kept.append(rule)
@@ -274,18 +288,17 @@ class LevelGroup:
         self,
         values: Mapping[str, MetricValue],
         at: datetime,
-        seen: Mapping[tuple[str, str, str], Seen],
-        timers: Mapping[tuple[str, str, str], datetime],
-        states: dict[tuple[str, str, str], dict[str, Any]],
+        memory: Memory,
     ) -> list[CompiledRule]:
         """The rules of the group a reading of its trigger metric (already in ``values``) must
         evaluate."""
         tenant_id, device_id = self.tenant_id, self.device_id
+        seen, timers = memory.seen, memory.timers
         last = self.last
         if last is None:
             self.last = {metric: values.get(metric) for metric, *_ in self.watch}
             rules = list(self.rules.values())
-            return worth_evaluating(rules, tenant_id, device_id, values, at, seen, timers, states)
+            return worth_evaluating(rules, tenant_id, device_id, values, at, memory)
         picked: set[str] = set()
         for metric, levels, owners, leveled, by_value in self.watch:
             now = values.get(metric)
@@ -312,10 +325,7 @@ class LevelGroup:
             picked |= self.running
         for rule_id, window, metric in self.windows:  # every sample counts: taken on every reading
             key = (tenant_id, rule_id, device_id)
-            state = states.get(key)
-            if state is None:
-                state = states[key] = {}
-            result = window.absorb(state, at, values.get(metric))
+            result = window.absorb(memory.state(key), at, values.get(metric))
             memo = seen.get(key)
             if memo is None or memo.guard is not self.rules[rule_id].guard or memo.signature != result:
                 picked.add(rule_id)
@@ -353,7 +363,7 @@ class LevelGroup:
         if self.recheck:
             again = [self.rules[rule_id] for rule_id in self.recheck - picked]
             self.recheck = set()
-            found += worth_evaluating(again, tenant_id, device_id, values, at, seen, timers, states)
+            found += worth_evaluating(again, tenant_id, device_id, values, at, memory)
         return found
 
     def timer(self, rule_id: str, wake_at: datetime) -> None:

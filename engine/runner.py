@@ -35,7 +35,7 @@ from devices.catalogue import RegistryCatalogue
 from devices.registry import DeviceFilter, DeviceRepository
 from engine.compiler import CompiledRule, Decision, compile_rule
 from engine.context import compile_context
-from engine.core import EngineCore, StateKey
+from engine.core import EngineCore
 from engine.document import RuleDocument, RunMode
 from engine.errors import RuleValidationError
 from engine.evaluation import DeviceView, Event, EventKind
@@ -45,6 +45,7 @@ from engine.executors import (
     AlarmPort,
     is_state_action,
 )
+from engine.guards import StateKey
 from engine.nodes.base import ActionCall
 from engine.nodes.triggers import Schedule
 from engine.rules import RuleRepository

@@ -16,6 +16,21 @@ from model.devices import DataType, MetricSpec
 from model.readings import MetricValue, Reading, Source
 
 T0 = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+
+
+def catalogue(
+    numbers: Iterable[str] = (),
+    integers: Iterable[str] = (),
+    flags: Iterable[str] = (),
+    strings: Iterable[str] = (),
+) -> dict[str, MetricSpec]:
+    """A metric catalogue: the given metric names with their data types."""
+    kinds = ((numbers, DataType.NUMBER), (integers, DataType.INTEGER), (flags, DataType.BOOLEAN))
+    found = {name: MetricSpec(name=name, data_type=kind) for names, kind in kinds for name in names}
+    found.update({name: MetricSpec(name=name, data_type=DataType.STRING) for name in strings})
+    return found
+
+
 FREEZER = {
     "temp": MetricSpec(name="temp", data_type=DataType.NUMBER),
     "door_open": MetricSpec(name="door_open", data_type=DataType.BOOLEAN),

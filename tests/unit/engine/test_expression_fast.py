@@ -17,19 +17,11 @@ import rule_engine
 from engine import expressions
 from engine.errors import RuleValidationError
 from engine.expressions import CompiledExpression, ExpressionRuntimeError, compile_expression
-from model.devices import DataType, MetricSpec
+from tests.unit.engine._rules import catalogue
 
 NUMBERS = ("temp", "humidity", "battery_pct", "count")
 FLAGS = ("door_open", "compressor_on")
-CATALOGUE = {
-    "temp": MetricSpec(name="temp", data_type=DataType.NUMBER),
-    "humidity": MetricSpec(name="humidity", data_type=DataType.NUMBER),
-    "battery_pct": MetricSpec(name="battery_pct", data_type=DataType.NUMBER),
-    "count": MetricSpec(name="count", data_type=DataType.INTEGER),
-    "door_open": MetricSpec(name="door_open", data_type=DataType.BOOLEAN),
-    "compressor_on": MetricSpec(name="compressor_on", data_type=DataType.BOOLEAN),
-    "mode": MetricSpec(name="mode", data_type=DataType.STRING),
-}
+CATALOGUE = catalogue(("temp", "humidity", "battery_pct"), ("count",), FLAGS, ("mode",))
 Outcome = tuple[str, bool | None]
 
 

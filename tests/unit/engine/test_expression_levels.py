@@ -12,20 +12,12 @@ import pytest
 
 from engine.errors import RuleValidationError
 from engine.expressions import CompiledExpression, ExpressionRuntimeError, compile_expression
-from model.devices import DataType, MetricSpec
 from model.readings import MetricValue
+from tests.unit.engine._rules import catalogue
 
 NUMBERS = ("temp", "humidity", "battery_pct", "count")
 FLAGS = ("door_open", "alarm")
-CATALOGUE = {
-    "temp": MetricSpec(name="temp", data_type=DataType.NUMBER),
-    "humidity": MetricSpec(name="humidity", data_type=DataType.NUMBER),
-    "battery_pct": MetricSpec(name="battery_pct", data_type=DataType.NUMBER),
-    "count": MetricSpec(name="count", data_type=DataType.INTEGER),
-    "door_open": MetricSpec(name="door_open", data_type=DataType.BOOLEAN),
-    "alarm": MetricSpec(name="alarm", data_type=DataType.BOOLEAN),
-    "mode": MetricSpec(name="mode", data_type=DataType.STRING),
-}
+CATALOGUE = catalogue(("temp", "humidity", "battery_pct"), ("count",), FLAGS, ("mode",))
 Levels = Mapping[str, tuple[float, ...] | None]
 
 
