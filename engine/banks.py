@@ -20,6 +20,7 @@ those whose level the value crosses; a rule with no state for the device is inac
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +119,9 @@ class ThresholdBanks:
         self._undecided: dict[Key, set[str]] = {}
         self._primed: dict[Key, int] = {}
         self._filed: dict[Key, _Filed] = {}  # per (tenant, device, metric): its banks, cached
+        # Per (tenant, device, metric): the open interval of values that flip none of its banked
+        # rules, as of its filed banks and active set (see _quiet_band); dropped when they change.
+        self._quiet: dict[Key, tuple[float, float, _Filed]] = {}
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._where
@@ -209,6 +213,9 @@ class ThresholdBanks:
         if not filed.banks:
             return []
         number = None if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
+        quiet = self._quiet.get(key)
+        if quiet is not None and number is not None and quiet[0] < number < quiet[1] and quiet[2] is filed:
+            return []  # the common case: the value stays where it flips nothing
         primed = self._primed.get(key, -1)
         active = self._active.get(key, _NONE)
         undecided = self._undecided.get(key, _NONE)
@@ -246,6 +253,8 @@ class ThresholdBanks:
                     found[rid] = rule
         if primed < filed.newest:
             self._primed[key] = filed.newest
+        if not found and number is not None and not undecided:
+            self._quiet[key] = (*_quiet_band(filed, device, active), filed)
         return list(found.values())
 
     def _file(self, key: Key, device: DeviceView) -> _Filed:
@@ -257,6 +266,7 @@ class ThresholdBanks:
         newest = max((b.generation for b in banks), default=-1)
         if len(self._filed) >= MAX_FILED:
             self._filed.clear()
+            self._quiet.clear()
         # A rule is in one bank per selector criterion it is filed under, and a device matches
         # one of them at most (its one id, type or label value): the entries do not collide.
         entries = {rid: e for b in banks for rid, e in b.entries.items()}
@@ -269,7 +279,7 @@ class ThresholdBanks:
 
     def forget_device(self, tenant_id: str, device_id: str) -> None:
         """Drop what is kept for a decommissioned device."""
-        for sets in (self._active, self._undecided, self._primed, self._filed):
+        for sets in (self._active, self._undecided, self._primed, self._filed, self._quiet):
             for key in [k for k in sets if k[0] == tenant_id and k[1] == device_id]:
                 del sets[key]
 
@@ -284,6 +294,29 @@ class ThresholdBanks:
         node = state.get(entry.condition.path, {})
         _mark(self._undecided, key, rule.rule_id, "active" not in node)
         _mark(self._active, key, rule.rule_id, bool(node.get("active")))
+        self._quiet.pop(key, None)
+
+
+def _quiet_band(filed: _Filed, device: DeviceView, active: set[str] | frozenset[str]) -> tuple[float, float]:
+    """The open interval of values for which ``candidates`` finds no rule: above every level of
+    the inactive rules below (and below those above), on the side that keeps each active rule
+    active. Rules that do not select the device are never candidates and set no bound."""
+    low, high = -math.inf, math.inf
+    for rid, entry in filed.entries.items():
+        if not entry.rule.selects(device.id, device.type_id, device.labels):
+            continue
+        o = entry.condition.options
+        if rid in active:  # clears past clear_at (or back across its level)
+            level = o.clear_at if o.clear_at is not None else o.value
+            if o.operator == "above":
+                low = max(low, level)
+            else:
+                high = min(high, level)
+        elif o.operator == "above":  # raises above its level
+            high = min(high, o.value)
+        else:
+            low = max(low, o.value)
+    return low, high
 
 
 def _mark(sets: dict[Key, set[str]], key: Key, rule_id: str, on: bool) -> None:

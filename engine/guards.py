@@ -271,11 +271,11 @@ class LevelGroup:
             )
             for metric in sorted({*leveled, *by_value})
         )
-        # Sliding windows: their rule, condition and metric.
+        # Sliding windows: their rule, condition, metric, state key and guard.
         self.windows = tuple(
-            (rule_id, rule.guard.window, rule.guard.window.options.metric)
+            (rule_id, guard.window, guard.window.options.metric, (tenant_id, rule_id, device_id), guard)
             for rule_id, rule in self.rules.items()
-            if rule.guard is not None and rule.guard.window is not None
+            if (guard := rule.guard) is not None and guard.window is not None
         )
         self.last: dict[str, Any] | None = None  # None: the next reading checks every rule
         self.running: set[str] = set()  # consecutive counts in progress
@@ -323,11 +323,11 @@ class LevelGroup:
                     picked |= leveled
         if self.running:
             picked |= self.running
-        for rule_id, window, metric in self.windows:  # every sample counts: taken on every reading
-            key = (tenant_id, rule_id, device_id)
-            result = window.absorb(memory.state(key), at, values.get(metric))
+        for rule_id, window, metric, key, guard in self.windows:  # every sample counts: taken each time
+            state = memory.states.get(key)
+            result = window.absorb(memory.state(key) if state is None else state, at, values.get(metric))
             memo = seen.get(key)
-            if memo is None or memo.guard is not self.rules[rule_id].guard or memo.signature != result:
+            if memo is None or memo.guard is not guard or memo.signature != result:
                 picked.add(rule_id)
         if self.timed and (self.next_due is None or self.next_due <= at):
             earliest = None
@@ -346,17 +346,17 @@ class LevelGroup:
         found = []
         for rule_id in picked:
             rule = self.rules[rule_id]
-            guard = rule.guard
-            if guard is not None and guard.refines and rule_id not in self.running:
+            ruled = rule.guard
+            if ruled is not None and ruled.refines and rule_id not in self.running:
                 key = (tenant_id, rule_id, device_id)
                 memo = seen.get(key)
                 due = timers.get(key)
                 if (
                     memo is not None
                     and memo.settled
-                    and memo.guard is guard
+                    and memo.guard is ruled
                     and (due is None or due > at)
-                    and _same_results(memo, guard, values)
+                    and _same_results(memo, ruled, values)
                 ):
                     continue
             found.append(rule)

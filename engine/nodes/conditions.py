@@ -259,6 +259,8 @@ class WindowCondition(Condition):
     def __init__(self, path: str, options: Any, context: CompileContext, child: Condition | None) -> None:
         super().__init__(path, options, context, child)
         self._window = timedelta(seconds=self.options.window_s)
+        # A whole number of seconds: the horizon can be worked out from the epoch float (_horizon).
+        self._whole_s = float(self.options.window_s) if float(self.options.window_s).is_integer() else None
         self._mean = self.options.function == "mean"
         self._level = float(self.options.value)
         self._above = self.options.operator == "above"
@@ -279,41 +281,53 @@ class WindowCondition(Condition):
         if node is None:
             node = state[self.path] = {}
         at = now.timestamp()
-        number = _number(value)
-        samples, total, err = node.get("samples"), node.get("sum"), node.get("err")
-        if (
-            self._mean
-            and samples
-            and total is not None
-            and err is not None
-            and samples[0][0].__class__ is float
-            and len(samples) < MAX_WINDOW_SAMPLES
-        ):
-            # The common case, inline: what _advance does for a mean decided by its running sum.
-            if number is not None:
-                samples.append([at, number])
-                total += number
-                err += _U * abs(total)
-                number = None  # taken
-            horizon = (now - self._window).timestamp()
-            expired = 0
-            n = len(samples)
-            while expired < n and samples[expired][0] <= horizon:
-                total -= samples[expired][1]
-                err += _U * abs(total)
-                expired += 1
-            if expired:
-                del samples[:expired]
-                n -= expired
-            node["sum"], node["err"] = total, err
-            node["taken"] = at
-            if n:
-                mean: float = total / n
-                if abs(mean - self._level) > 1.01 * (err + 3.4e-16 * (abs(total) + err)) / n + 1e-300:
-                    return mean > self._level if self._above else mean < self._level
-        result = self._advance(node, now, at, number, exact=False)[0]
+        samples = node.get("samples")
+        if self._mean and samples and samples[0][0].__class__ is float and len(samples) < MAX_WINDOW_SAMPLES:
+            total, err = node.get("sum"), node.get("err")
+            if total is not None and err is not None:
+                # The common case, inline: what _advance does for a mean decided by its running sum.
+                kind = value.__class__
+                if kind is float or kind is int:  # not bool, whose class is bool
+                    number = float(value)  # type: ignore[arg-type]
+                    samples.append([at, number])
+                    total += number
+                    err += _U * abs(total)
+                    value = None  # taken
+                horizon = self._horizon(now, at)
+                if samples[0][0] <= horizon:
+                    n, expired = len(samples), 0
+                    while expired < n and samples[expired][0] <= horizon:
+                        total -= samples[expired][1]
+                        err += _U * abs(total)
+                        expired += 1
+                    del samples[:expired]
+                node["sum"], node["err"], node["taken"] = total, err, at
+                n = len(samples)
+                if n:
+                    mean: float = total / n
+                    if abs(mean - self._level) > 1.01 * (err + 3.4e-16 * (abs(total) + err)) / n + 1e-300:
+                        return mean > self._level if self._above else mean < self._level
+        result = self._advance(node, now, at, _number(value), exact=False)[0]
         node["taken"] = at
         return result
+
+    def _horizon(self, now: datetime, at: float) -> float:
+        """The epoch float of ``now`` minus the window (``at``: that of ``now``): samples at or
+        before it have expired.
+
+        It is worked out as a datetime (whole microseconds, like every sample's time) and then
+        made a float, so samples expire exactly as they did when their times were datetimes. For
+        a whole number of seconds between 2004 and 2038 the float subtraction is that same value,
+        and cheaper: there, floats are the multiples of 2**-22, a whole number of seconds is one,
+        and rounding to that grid commutes with subtracting it (ties to even included: it is an
+        even number of steps).
+        """
+        whole = self._whole_s
+        if whole is not None and at <= _GRID_HIGH:
+            horizon = at - whole
+            if horizon >= _GRID_LOW:
+                return horizon
+        return (now - self._window).timestamp()
 
     def _check(self, ctx: EvalContext) -> tuple[bool | None, str, dict[str, Any]]:
         o = self.options
@@ -360,10 +374,9 @@ class WindowCondition(Condition):
             if running:
                 total += value
                 err += _U * abs(total)
-        # The horizon is worked out as a datetime (whole microseconds, like every sample's time) and
-        # then made a float: epoch floats of distinct microseconds are distinct and ordered (until
-        # 2242), so samples expire exactly as they did when their times were datetimes.
-        horizon = (now - self._window).timestamp()
+        # Epoch floats of distinct microseconds are distinct and ordered (until 2242): samples
+        # expire exactly as they did when their times were datetimes (see _horizon).
+        horizon = self._horizon(now, at)
         n = len(samples)
         expired = 0
         while expired < n and samples[expired][0] <= horizon:
@@ -428,6 +441,8 @@ def _aggregate(function: str, samples: list[list[float]]) -> float | None:
 
 _value: Callable[[list[float]], float] = itemgetter(1)
 _U = 1.12e-16  # a little over the unit roundoff of a float, 2**-53: the error bound of one addition
+# Where epoch floats are the multiples of 2**-22 (2004-01-10 to 2038-01-19), kept one second inside.
+_GRID_LOW, _GRID_HIGH = 2.0**30 + 1, 2.0**31 - 1
 
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -349,3 +349,27 @@ def test_an_absorbed_mean_decides_as_the_exact_mean_even_at_the_level(seed: int)
         expected = exact > level if operator == "above" else exact < level
         assert window.absorb(state, at, value) is expected, (i, exact, level, operator)
     assert near > 2500
+
+
+def test_the_window_horizon_from_the_epoch_float_is_the_one_worked_out_as_a_datetime() -> None:
+    """For whole seconds, the horizon is ``at - window_s`` (a float subtraction) instead of a
+    datetime subtraction and a conversion: it must be the very same float, or samples at the
+    edge of the window would expire a reading early or late. Checked at random microseconds,
+    at the edges of the range where it is used, and beyond them (where it is not)."""
+    rng = Random(7)
+    edges = [2.0**30 + 1, 2.0**31 - 1]
+    instants = [rng.uniform(1.1e9, 2.1e9) for _ in range(20_000)]
+    instants += [edge + rng.uniform(-3e5, 3e5) for edge in edges for _ in range(2_000)]
+    instants += [rng.uniform(0, 4e9) for _ in range(2_000)]  # 1970 to 2096: some need the datetime
+    fast = 0
+    for window_s in [1, 60, 600, 86400, 59.5, 1.000001]:
+        window = rule(**{"if": [_window("mean", window_s=window_s)]}).conditions[0]
+        assert isinstance(window, conditions.WindowCondition)
+        span = timedelta(seconds=window_s)
+        for instant in instants:
+            now = datetime.fromtimestamp(round(instant, 6), UTC)
+            at = now.timestamp()
+            horizon = window._horizon(now, at)
+            assert horizon == (now - span).timestamp(), (window_s, now)
+            fast += float(window_s).is_integer() and horizon == at - window_s
+    assert fast > 4 * 20_000  # the subtraction was used for most whole windows
