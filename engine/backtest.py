@@ -442,8 +442,7 @@ class DeviceReplay:
         report.evaluations += 1
         if decision.event is EventKind.TIMER:
             report.timer_evaluations += 1
-        if decision.wake_at is not None:  # as RuleEngine._schedule: replaced, never cleared
-            self.wake_at = decision.wake_at
+        self.wake_at = decision.wake_at  # as EngineCore.evaluate: the one the last decision asked for
         if decision.throttled:
             report.throttled += 1
         if decision.fired or decision.cleared:

@@ -78,6 +78,9 @@ class _Filed:
     entries: dict[str, _Entry]
     above: list[tuple[float, str]]  # the banks' levels, merged
     below: list[tuple[float, str]]
+    # The rules that select the device, each with the interval of values that leave it as it
+    # is while inactive (low, high), then while active (see _quiet_band).
+    selecting: dict[str, tuple[float, float, float, float]]
 
 
 def bankable(rule: CompiledRule) -> tuple[str, ThresholdCondition] | None:
@@ -246,15 +249,14 @@ class ThresholdBanks:
         if undecided:
             ids += [rid for rid in undecided if rid in entries]
         found: dict[str, CompiledRule] = {}
+        selecting = filed.selecting
         for rid in ids:  # an undecided rule may also be among the crossed ones: once each
-            if rid not in found:
-                rule = entries[rid].rule
-                if rule.selects(device.id, device.type_id, device.labels):
-                    found[rid] = rule
+            if rid not in found and rid in selecting:
+                found[rid] = entries[rid].rule
         if primed < filed.newest:
             self._primed[key] = filed.newest
         if not found and number is not None and not undecided:
-            self._quiet[key] = (*_quiet_band(filed, device, active), filed)
+            self._quiet[key] = (*_quiet_band(filed, active), filed)
         return list(found.values())
 
     def _file(self, key: Key, device: DeviceView) -> _Filed:
@@ -272,8 +274,21 @@ class ThresholdBanks:
         entries = {rid: e for b in banks for rid, e in b.entries.items()}
         above = sorted(item for b in banks for item in b.above)
         below = sorted(item for b in banks for item in b.below)
+        selecting = {
+            rid: _still(e.condition)
+            for rid, e in entries.items()
+            if e.rule.selects(device.id, device.type_id, device.labels)
+        }
         filed = self._filed[key] = _Filed(
-            self._version, device.type_id, dict(device.labels), banks, newest, entries, above, below
+            self._version,
+            device.type_id,
+            dict(device.labels),
+            banks,
+            newest,
+            entries,
+            above,
+            below,
+            selecting,
         )
         return filed
 
@@ -297,25 +312,29 @@ class ThresholdBanks:
         self._quiet.pop(key, None)
 
 
-def _quiet_band(filed: _Filed, device: DeviceView, active: set[str] | frozenset[str]) -> tuple[float, float]:
-    """The open interval of values for which ``candidates`` finds no rule: above every level of
-    the inactive rules below (and below those above), on the side that keeps each active rule
-    active. Rules that do not select the device are never candidates and set no bound."""
+def _still(condition: ThresholdCondition) -> tuple[float, float, float, float]:
+    """The open intervals of values that leave a threshold rule as it is: inactive (it raises
+    past its level), then active (it clears past its clear level, or back across its level)."""
+    o = condition.options
+    level = o.clear_at if o.clear_at is not None else o.value
+    if o.operator == "above":
+        return -math.inf, o.value, level, math.inf
+    return o.value, math.inf, -math.inf, level
+
+
+def _quiet_band(filed: _Filed, active: set[str] | frozenset[str]) -> tuple[float, float]:
+    """The open interval of values for which ``candidates`` finds no rule: where every rule that
+    selects the device stays as it is, active or not (the others are never candidates)."""
     low, high = -math.inf, math.inf
-    for rid, entry in filed.entries.items():
-        if not entry.rule.selects(device.id, device.type_id, device.labels):
-            continue
-        o = entry.condition.options
-        if rid in active:  # clears past clear_at (or back across its level)
-            level = o.clear_at if o.clear_at is not None else o.value
-            if o.operator == "above":
-                low = max(low, level)
-            else:
-                high = min(high, level)
-        elif o.operator == "above":  # raises above its level
-            high = min(high, o.value)
+    for rid, (inactive_low, inactive_high, active_low, active_high) in filed.selecting.items():
+        if rid in active:
+            lo, hi = active_low, active_high
         else:
-            low = max(low, o.value)
+            lo, hi = inactive_low, inactive_high
+        if lo > low:
+            low = lo
+        if hi < high:
+            high = hi
     return low, high
 
 

@@ -167,6 +167,10 @@ class EngineCore:
         if decision is None:
             return None
         last = state[RULE_STATE]  # evaluate made it
+        if decision.wake_at is None:
+            # The pending timer is the one the last evaluation asked for (as persisted): a
+            # duration that stopped before its timer came due needs no evaluation at that time.
+            self.scheduled.pop(key, None)
         if last_at is None or event.ts > datetime.fromisoformat(last_at):
             last["last_at"] = event.ts.isoformat()
         self.index.banks.observe(rule, device.id, state)
@@ -229,9 +233,9 @@ class EngineCore:
     def drop(self, key: StateKey) -> None:
         """Forget the state, guard memory and pending timer of one (tenant, rule, device)."""
         self.states.pop(key, None)
-        if self.seen.pop(key, None) is not None:
-            self._drops += 1
+        self.seen.pop(key, None)
         self.scheduled.pop(key, None)
+        self._drops += 1  # level groups start afresh: they keep signatures and windows' states
 
     def forget_device(self, tenant_id: str, device_id: str) -> list[StateKey]:
         """Forget a decommissioned device; the keys dropped."""

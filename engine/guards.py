@@ -271,12 +271,14 @@ class LevelGroup:
             )
             for metric in sorted({*leveled, *by_value})
         )
-        # Sliding windows: their rule, condition, metric, state key and guard.
-        self.windows = tuple(
-            (rule_id, guard.window, guard.window.options.metric, (tenant_id, rule_id, device_id), guard)
+        # Sliding windows, by rule.
+        self.windows = {
+            rule_id: _Window(
+                rule_id, guard.window, guard.window.options.metric, (tenant_id, rule_id, device_id), guard
+            )
             for rule_id, rule in self.rules.items()
             if (guard := rule.guard) is not None and guard.window is not None
-        )
+        }
         self.last: dict[str, Any] | None = None  # None: the next reading checks every rule
         self.running: set[str] = set()  # consecutive counts in progress
         self.timed: set[str] = set(self.rules)  # may have a timer pending (checked against timers)
@@ -323,12 +325,15 @@ class LevelGroup:
                     picked |= leveled
         if self.running:
             picked |= self.running
-        for rule_id, window, metric, key, guard in self.windows:  # every sample counts: taken each time
-            state = memory.states.get(key)
-            result = window.absorb(memory.state(key) if state is None else state, at, values.get(metric))
-            memo = seen.get(key)
-            if memo is None or memo.guard is not guard or memo.signature != result:
-                picked.add(rule_id)
+        for window in self.windows.values():  # every sample counts: taken on each reading
+            state = window.state
+            if state is None:  # the first reading: the rule's state and last evaluation, kept
+                state = window.state = memory.state(window.key)
+                window.seen = seen.get(window.key)
+            result = window.condition.absorb(state, at, values.get(window.metric))
+            memo = window.seen
+            if memo is None or memo.guard is not window.guard or memo.signature != result:
+                picked.add(window.rule_id)
         if self.timed and (self.next_due is None or self.next_due <= at):
             earliest = None
             for rule_id in list(self.timed):
@@ -378,10 +383,33 @@ class LevelGroup:
             self.running.discard(rule_id)
         else:
             self.running.add(rule_id)
-        if seen.guard.window is not None:
+        window = self.windows.get(rule_id)
+        if window is not None:
+            window.seen = seen
             return  # a window's signature is its result, taken on every reading of the group
         if self.last is not None and seen.guard.signature(self.last) != seen.signature:
             self.recheck.add(rule_id)  # evaluated on values the group has not seen
+
+
+class _Window:
+    """A sliding window in a level group: its rule, condition, metric, state key and guard, and
+    (once the group has seen a reading) the rule's state and last evaluation. The engine makes
+    a new group whenever a state is dropped, so the state kept here is the engine's."""
+
+    __slots__ = ("condition", "guard", "key", "metric", "rule_id", "seen", "state")
+
+    def __init__(
+        self, rule_id: str, condition: WindowCondition, metric: str, key: StateKey, guard: Guard
+    ) -> None:
+        self.rule_id, self.condition, self.metric, self.key, self.guard = (
+            rule_id,
+            condition,
+            metric,
+            key,
+            guard,
+        )
+        self.state: dict[str, Any] | None = None
+        self.seen: Seen | None = None
 
 
 def _same_zero(before: Any, now: Any) -> bool:

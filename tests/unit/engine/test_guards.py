@@ -254,3 +254,32 @@ def test_a_due_timer_makes_a_reading_evaluate() -> None:
     assert feed(30) == []  # nothing can change before the timer is due
     assert core.skipped == 1
     assert feed(61) == ["fired"]  # the timer (due at 60 s) was not fired yet: the reading decides
+
+
+def test_a_duration_that_stops_before_its_timer_cancels_the_timer() -> None:
+    """The pending timer is the one the last evaluation asked for (as the runner persists it): a
+    freezer back below the level before its minute is up needs no evaluation at the minute."""
+    compiled = rule(**{"if": [{"type": "duration", "options": {"seconds": 60}, "condition": THRESHOLD}]})
+    core = EngineCore()
+    core.index.put(compiled)
+    device = DEVICES[0]
+    key = ("acme", compiled.rule_id, device.id)
+
+    def feed(seconds: int, temp: float) -> list[str]:
+        at = T0 + timedelta(seconds=seconds)
+        reading = Reading("acme", device.id, at, {"temp": temp}, Source("test", "guards"))
+        core.take(reading)
+        out = []
+        for found in core.rules_for(reading, device):
+            decision = core.evaluate(found, Event(EventKind.READING, "acme", device.id, at, reading), device)
+            assert decision is not None
+            if decision.wake_at is not None:
+                core.schedule(key, decision.wake_at)
+            out.append(decision.outcome)
+        return out
+
+    assert feed(0, -5.0) == ["false"] and core.scheduled[key] == T0 + timedelta(seconds=60)
+    assert feed(20, -15.0) == ["false"]  # back below: the minute stops
+    assert key not in core.scheduled
+    assert list(core.due(T0 + timedelta(seconds=90))) == []  # nothing fires at the minute
+    assert feed(100, -5.0) == ["false"] and core.scheduled[key] == T0 + timedelta(seconds=160)
