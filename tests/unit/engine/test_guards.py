@@ -231,55 +231,47 @@ def test_a_running_count_is_evaluated_on_every_reading_until_it_settles() -> Non
     assert evaluated == [(0, "false"), (2, "false"), (3, "false"), (4, "fired"), (7, "true"), (8, "cleared")]
 
 
-def test_a_due_timer_makes_a_reading_evaluate() -> None:
+def _duration_core() -> tuple[EngineCore, CompiledRule]:
+    """A core with one rule: temp above -10 (THRESHOLD) for a minute."""
     compiled = rule(**{"if": [{"type": "duration", "options": {"seconds": 60}, "condition": THRESHOLD}]})
     core = EngineCore()
     core.index.put(compiled)
+    return core, compiled
+
+
+def _feed(core: EngineCore, seconds: int, temp: float) -> list[str]:
+    """A reading of the first device as the runner handles it: the outcomes of the rules evaluated."""
     device = DEVICES[0]
+    at = T0 + timedelta(seconds=seconds)
+    reading = Reading("acme", device.id, at, {"temp": temp}, Source("test", "guards"))
+    core.take(reading)
+    out = []
+    for found in core.rules_for(reading, device):
+        decision = core.evaluate(found, Event(EventKind.READING, "acme", device.id, at, reading), device)
+        assert decision is not None
+        if decision.wake_at is not None:
+            core.schedule(("acme", found.rule_id, device.id), decision.wake_at)
+        out.append(decision.outcome)
+    return out
 
-    def feed(seconds: int) -> list[str]:
-        at = T0 + timedelta(seconds=seconds)
-        reading = Reading("acme", device.id, at, {"temp": -5.0}, Source("test", "guards"))
-        core.take(reading)
-        out = []
-        for found in core.rules_for(reading, device):
-            decision = core.evaluate(found, Event(EventKind.READING, "acme", device.id, at, reading), device)
-            assert decision is not None
-            if decision.wake_at is not None:
-                core.schedule(("acme", found.rule_id, device.id), decision.wake_at)
-            out.append(decision.outcome)
-        return out
 
-    assert feed(0) == ["false"]  # the crossing starts the minute
-    assert feed(30) == []  # nothing can change before the timer is due
+def test_a_due_timer_makes_a_reading_evaluate() -> None:
+    core, _ = _duration_core()
+    assert _feed(core, 0, -5.0) == ["false"]  # the crossing starts the minute
+    assert _feed(core, 30, -5.0) == []  # nothing can change before the timer is due
     assert core.skipped == 1
-    assert feed(61) == ["fired"]  # the timer (due at 60 s) was not fired yet: the reading decides
+    assert _feed(core, 61, -5.0) == [
+        "fired"
+    ]  # the timer (due at 60 s) was not fired yet: the reading decides
 
 
 def test_a_duration_that_stops_before_its_timer_cancels_the_timer() -> None:
     """The pending timer is the one the last evaluation asked for (as the runner persists it): a
     freezer back below the level before its minute is up needs no evaluation at the minute."""
-    compiled = rule(**{"if": [{"type": "duration", "options": {"seconds": 60}, "condition": THRESHOLD}]})
-    core = EngineCore()
-    core.index.put(compiled)
-    device = DEVICES[0]
-    key = ("acme", compiled.rule_id, device.id)
-
-    def feed(seconds: int, temp: float) -> list[str]:
-        at = T0 + timedelta(seconds=seconds)
-        reading = Reading("acme", device.id, at, {"temp": temp}, Source("test", "guards"))
-        core.take(reading)
-        out = []
-        for found in core.rules_for(reading, device):
-            decision = core.evaluate(found, Event(EventKind.READING, "acme", device.id, at, reading), device)
-            assert decision is not None
-            if decision.wake_at is not None:
-                core.schedule(key, decision.wake_at)
-            out.append(decision.outcome)
-        return out
-
-    assert feed(0, -5.0) == ["false"] and core.scheduled[key] == T0 + timedelta(seconds=60)
-    assert feed(20, -15.0) == ["false"]  # back below: the minute stops
+    core, compiled = _duration_core()
+    key = ("acme", compiled.rule_id, DEVICES[0].id)
+    assert _feed(core, 0, -5.0) == ["false"] and core.scheduled[key] == T0 + timedelta(seconds=60)
+    assert _feed(core, 20, -15.0) == ["false"]  # back below: the minute stops
     assert key not in core.scheduled
     assert list(core.due(T0 + timedelta(seconds=90))) == []  # nothing fires at the minute
-    assert feed(100, -5.0) == ["false"] and core.scheduled[key] == T0 + timedelta(seconds=160)
+    assert _feed(core, 100, -5.0) == ["false"] and core.scheduled[key] == T0 + timedelta(seconds=160)
