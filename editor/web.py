@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from api.context import ApiContext, api_context
 from editor.session import COOKIE, CSRF_FIELD, CSRF_HEADER, EditorUser, SessionCodec, csrf_matches
+from editor.throttle import SignInThrottle
 from model.errors import NotFoundError, PermissionDeniedError, PlatformError
 from storage.tenancy import TenantRepository, TenantStatus, UserRepository
 
@@ -55,6 +56,7 @@ class EditorState:
     """The editor's process-wide parts, attached to the app state."""
 
     codec: SessionCodec
+    throttle: SignInThrottle
 
 
 def editor_state(request: Request) -> EditorState:

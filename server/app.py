@@ -17,6 +17,7 @@ from api.routers import health
 from api.v1 import build_v1_router
 from connectors.base import Connector
 from editor.app import mount_editor
+from editor.throttle import SignInLimits
 from engine.registry import REGISTRY, load_node_types
 from server.logs import install_redaction
 from server.runtime import Runtime
@@ -95,6 +96,14 @@ def create_app(
         app,
         secret_key=settings.ensure_secret_key(),
         secure_cookies=(settings.public_url or "").startswith("https://"),
+        sign_in_limits=SignInLimits(
+            account_failures=settings.sign_in_account_failures,
+            address_failures=settings.sign_in_address_failures,
+            window_s=settings.sign_in_window_s,
+            lockout_s=settings.sign_in_lockout_s,
+            lockout_max_s=settings.sign_in_lockout_max_s,
+            max_entries=settings.sign_in_throttle_entries,
+        ),
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))

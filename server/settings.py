@@ -94,6 +94,40 @@ class Settings(BaseSettings):
     ingest_queue_size: int = Field(default=10_000, ge=10, le=1_000_000)
     ingest_batch_size: int = Field(default=500, ge=1, le=10_000)
     device_payload_bytes: int = Field(default=65_536, ge=256, le=1_048_576)
+    sign_in_account_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1_000,
+        description="Failed editor sign-ins per account (tenant and email, known or not) within "
+        "sign_in_window_s before the account is locked (HTTP 429, no password checked).",
+    )
+    sign_in_address_failures: int = Field(
+        default=30,
+        ge=1,
+        le=100_000,
+        description="Failed editor sign-ins per client address (IPv6: per /64) within sign_in_window_s "
+        "before the address is locked. Behind a reverse proxy every client has the proxy's address.",
+    )
+    sign_in_window_s: float = Field(
+        default=900.0, gt=0, le=86_400, description="The window failed sign-ins are counted in (seconds)."
+    )
+    sign_in_lockout_s: float = Field(
+        default=900.0, gt=0, le=86_400, description="How long the first lock of an account or address lasts."
+    )
+    sign_in_lockout_max_s: float = Field(
+        default=14_400.0,
+        gt=0,
+        le=7 * 86_400,
+        description="Each further lock of the same key doubles, up to this; a key with no failure for "
+        "this long after its last lock starts over.",
+    )
+    sign_in_throttle_entries: int = Field(
+        default=50_000,
+        ge=100,
+        le=10_000_000,
+        description="Accounts, and separately addresses, whose failures a process remembers "
+        "(about 250 bytes each); the one that failed least recently is forgotten first.",
+    )
 
     @field_validator("secret_key")
     @classmethod
@@ -127,6 +161,12 @@ class Settings(BaseSettings):
     def _public_url_default(self) -> Settings:
         if self.public_url is None:
             object.__setattr__(self, "public_url", f"http://{self.host}:{self.port}")
+        return self
+
+    @model_validator(mode="after")
+    def _lockouts_grow(self) -> Settings:
+        if self.sign_in_lockout_max_s < self.sign_in_lockout_s:
+            raise ValueError("FLATGIGS_SIGN_IN_LOCKOUT_MAX_S must be at least FLATGIGS_SIGN_IN_LOCKOUT_S")
         return self
 
     @property

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from editor.session import COOKIE, CSRF_FIELD, csrf_matches
+from editor.throttle import Attempt, account_key, address_key
 from editor.web import PREFIX, EditorRoute, User, editor_state, in_thread, render, services
 from storage.credentials import hash_password, verify_password
 from storage.tenancy import TenantRepository, TenantStatus, UserRepository
 
+logger = logging.getLogger(__name__)
 router = APIRouter(route_class=EditorRoute)
 
 # Verified when the tenant or user does not exist, so a wrong email takes as long as a wrong password.
 _DUMMY_HASH = hash_password("not-a-password-of-anyone")
 _REFUSED = "The tenant, email or password is wrong, or the account is disabled."
+
+
+def _too_many(wait_s: float) -> str:
+    minutes = math.ceil(wait_s / 60)
+    when = f"{minutes} minute{'s' if minutes != 1 else ''}"
+    if minutes > 120:
+        hours = math.ceil(minutes / 60)
+        when = f"{hours} hours"
+    return f"Too many failed sign-ins; try again in {when}."
 
 
 def _safe_next(target: str) -> str:
@@ -45,8 +59,14 @@ async def login_form(request: Request, next: str = "") -> Response:
 
 @router.post(f"{PREFIX}/login", include_in_schema=False)
 async def login(request: Request) -> Response:
-    """Check the password (Argon2, off the event loop) and start a new session."""
-    codec = editor_state(request).codec
+    """Check the password (Argon2, off the event loop) and start a new session.
+
+    Failed sign-ins are throttled per account and per client address (ADR 0028): while either is
+    locked the answer is 429 with ``Retry-After``, and neither the database nor the password is
+    looked at, so a locked key costs no Argon2 and says nothing about whether the account exists.
+    """
+    state = editor_state(request)
+    codec = state.codec
     form = await request.form()
     session = codec.decode(request.cookies.get(COOKIE))
     sent = form.get(CSRF_FIELD)
@@ -70,18 +90,40 @@ async def login(request: Request) -> Response:
         )
         response.set_cookie(value=codec.encode(fresh), **codec.cookie_kwargs())
         return response
-    user_id = await _verify(request, tenant_id, email, password)
-    if user_id is None:
-        response = render(
-            request,
-            "login.html",
-            {"csrf": session.csrf, "next": target, "tenant": tenant_id, "email": email, "error": _REFUSED},
-            status_code=401,
-        )
-        return response
-    redirect = RedirectResponse(target, status_code=303)
-    redirect.set_cookie(value=codec.encode(codec.signed_in(tenant_id, user_id)), **codec.cookie_kwargs())
-    return redirect
+    account = account_key(tenant_id, email)
+    client = request.client.host if request.client else None
+    address = address_key(client)
+    attempt = state.throttle.begin(account, address)
+    if isinstance(attempt, Attempt):
+        user_id = await _verify(request, tenant_id, email, password)
+        if user_id is not None:
+            state.throttle.succeeded(attempt)
+            redirect = RedirectResponse(target, status_code=303)
+            redirect.set_cookie(
+                value=codec.encode(codec.signed_in(tenant_id, user_id)), **codec.cookie_kwargs()
+            )
+            return redirect
+        if locked := attempt.started_locks:
+            logger.warning(
+                "editor sign-in: %s locked after failed sign-ins (tenant %r, email %r, client %s)",
+                " and ".join(locked),
+                tenant_id[:64],
+                email[:254],
+                client,
+            )
+        wait_s = state.throttle.retry_after(account, address)
+    else:
+        wait_s = attempt
+    context = {"csrf": session.csrf, "next": target, "tenant": tenant_id, "email": email}
+    if wait_s <= 0:
+        return render(request, "login.html", {**context, "error": _REFUSED}, status_code=401)
+    return render(
+        request,
+        "login.html",
+        {**context, "error": _too_many(wait_s)},
+        status_code=429,
+        headers={"Retry-After": str(math.ceil(wait_s))},
+    )
 
 
 async def _verify(request: Request, tenant_id: str, email: str, password: str) -> str | None:
