@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from model.errors import ConflictError, InvalidCursorError, InvalidInputError, NotFoundError
+from model.errors import InvalidCursorError, InvalidInputError, NotFoundError
 from model.ids import new_id
 from notifiers.port import Notifier
 from pipeline.live import LiveEvent, LiveHub
@@ -32,9 +32,6 @@ from storage.types import utcnow
 MAX_PAGE_SIZE = 500
 MAX_MESSAGE_CHARS = 2000
 MAX_ACTOR_CHARS = 80
-# A raise that loses the insert race re-reads the winner's row; a clear slipping in between can
-# send it round again, but never more than a few times.
-_RAISE_ATTEMPTS = 5
 
 
 class AlarmSeverity(StrEnum):
@@ -316,22 +313,22 @@ class AlarmRepository:
         """Create the key's active alarm, or update it; ``changed`` is True for a new alarm or a
         new severity (what deserves a notification), False for a repeat."""
         message = message[:MAX_MESSAGE_CHARS]
-        for _ in range(_RAISE_ATTEMPTS):
-            current = await self.active(rule_id, device_id, alarm_type)
-            if current is not None:
-                return await self._repeat(current, severity, message, at)
+        current = await self.active(rule_id, device_id, alarm_type)
+        if current is None:
             created = await self._insert_active(rule_id, device_id, alarm_type, severity, message, at)
             if created is not None:
                 await self._record(created, AlarmEventKind.RAISED, at, None)
                 return created, True
-            # Another transaction inserted the key's alarm first and has committed by now (the
-            # insert waited for it): the next read sees it (READ COMMITTED) and updates it.
-        raise ConflictError(
-            f"alarm {alarm_type!r} of device {device_id!r} kept changing while it was raised; retry",
-            rule_id=rule_id,
-            device_id=device_id,
-            alarm_type=alarm_type,
-        )
+            # Another transaction inserted the key's alarm first. The insert waited for it to
+            # commit and then locked it, so no clear can slip in before this read, which sees it
+            # (READ COMMITTED): the raise updates the winner and never has to go round again.
+            current = await self.active(rule_id, device_id, alarm_type)
+            if current is None:
+                raise RuntimeError(
+                    f"alarm {alarm_type!r} of device {device_id!r}: the active alarm that won the "
+                    "insert is gone although this transaction holds its lock"
+                )
+        return await self._repeat(current, severity, message, at)
 
     async def _insert_active(
         self,
@@ -342,8 +339,14 @@ class AlarmRepository:
         message: str,
         at: datetime,
     ) -> Alarm | None:
-        """INSERT the key's alarm unless an active one exists (ON CONFLICT on the partial unique
-        index: no error, no aborted transaction); the new alarm, or None when another won."""
+        """INSERT the key's alarm unless an active one exists; the new alarm, or None when another
+        won.
+
+        ON CONFLICT on the partial unique index raises no error and aborts nothing. Its DO UPDATE
+        never updates (``WHERE false``) but locks the active alarm it ran into, as DO NOTHING would
+        not: a clear committed between a lost insert and the re-read would leave the raise
+        without an alarm, and a loop that retries it starves while raises and clears interleave.
+        """
         alarm_id = new_id("alm")
         values = {
             "tenant_id": self._scope.tenant_id,
@@ -366,9 +369,11 @@ class AlarmRepository:
         stmt = (
             insert(alarms)
             .values(values)
-            .on_conflict_do_nothing(
+            .on_conflict_do_update(
                 index_elements=["tenant_id", "rule_id", "device_id", "alarm_type"],
                 index_where=ALARM_ACTIVE,
+                set_={"updated_at": alarms.c.updated_at},
+                where=sa.false(),
             )
         )
         if (await self._scope.conn.execute(stmt)).rowcount == 0:

@@ -13,6 +13,7 @@ import pytest_asyncio
 from sqlalchemy.exc import IntegrityError
 
 from engine.alarms import (
+    Alarm,
     AlarmEventKind,
     AlarmFilter,
     AlarmRepository,
@@ -207,7 +208,7 @@ async def test_the_database_allows_one_active_alarm_per_key_and_any_number_of_cl
             [{**twin, "id": f"alm_old{n}", "cleared_at": at(n), "raised_at": at(-n)} for n in (1, 2)],
         )
         repo = AlarmRepository(scope, database.dialect)
-        # The raise path's INSERT .. ON CONFLICT DO NOTHING yields to the active alarm.
+        # The raise path's INSERT .. ON CONFLICT yields to the active alarm (and locks it).
         assert await repo._insert_active(RULE, "fz-1", "too-warm", AlarmSeverity.MAJOR, "", at(3)) is None
     assert len((await alarms.list(tenant.id)).items) == 3
 
@@ -258,6 +259,69 @@ async def test_raises_racing_clears_never_leave_two_active_alarms(
         kinds = [e.kind for e in (await alarms.get(tenant.id, alarm.id)).events]
         assert kinds[0] is AlarmEventKind.RAISED
         assert kinds.count(AlarmEventKind.CLEARED) == (0 if alarm.active else 1)
+
+
+async def test_a_raise_that_loses_the_insert_race_updates_the_winner_before_a_clear_can_take_it(
+    database: Database, second_process: Database, tenant: TenantHandle
+) -> None:
+    """The interleaving behind the flaky race above, made to happen every time: whenever this
+    raise finds no active alarm, another worker raises the key just before its insert, and the
+    flapping rule's clear then takes that winner unless the raise holds it. A raise that merely
+    re-read after losing went round with every such clear and gave up after five rounds with a
+    ConflictError; a lost insert must lock the winner, so that the raise updates it at once."""
+    if database.is_sqlite:
+        pytest.skip("SQLite runs one writing transaction at a time: nothing can interleave")
+    other = AlarmService(second_process)
+    winners: list[str] = []
+    cleared: list[str] = []
+
+    async def clear_unless_held() -> None:
+        # The flap's clear, told not to wait: it takes the key's active alarm if no one holds it.
+        async with second_process.tenant(tenant.id) as scope:
+            stmt = (
+                scope.select(alarm_table)
+                .where(alarm_table.c.cleared_at.is_(None))
+                .with_for_update(skip_locked=True)
+            )
+            row = (await scope.conn.execute(stmt)).first()
+            if row is not None:
+                repo = AlarmRepository(scope, second_process.dialect)
+                cleared.append((await repo.clear(row.id, by=None, at=at(1))).id)
+
+    class Unlucky(AlarmRepository):
+        async def _insert_active(
+            self,
+            rule_id: str,
+            device_id: str,
+            alarm_type: str,
+            severity: AlarmSeverity,
+            message: str,
+            when: datetime,
+        ) -> Alarm | None:
+            if len(winners) < 10:
+                winner, _ = await other.raise_alarm(
+                    tenant.id, rule_id, device_id, alarm_type, "minor", "", when
+                )
+                winners.append(winner.id)
+                lost = await super()._insert_active(rule_id, device_id, alarm_type, severity, message, when)
+                assert lost is None
+                await clear_unless_held()
+                return lost
+            return await super()._insert_active(rule_id, device_id, alarm_type, severity, message, when)
+
+    async with database.tenant(tenant.id) as scope:
+        alarm, changed = await Unlucky(scope, database.dialect).raise_alarm(
+            RULE, "fz-1", "flap", AlarmSeverity.MAJOR, "mine", at(2)
+        )
+    assert (winners, cleared) == ([alarm.id], [])
+    assert changed  # the winner's severity, minor, became major
+    assert (alarm.active, alarm.raise_count, alarm.severity, alarm.message) == (
+        True,
+        2,
+        AlarmSeverity.MAJOR,
+        "mine",
+    )
+    assert [a.id for a in (await other.list(tenant.id)).items] == [alarm.id]
 
 
 # --- listing ---------------------------------------------------------------------------------------
