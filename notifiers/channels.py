@@ -18,13 +18,15 @@ from model.errors import ConflictError, InvalidInputError, NotFoundError
 from model.ids import new_id
 from notifiers import gateway
 from notifiers.policy import QuietHours
-from notifiers.sealing import UrlSealer
+from notifiers.sealing import UnsealError, UrlSealer
 from storage.database import TenantScope
 from storage.tables import notification_channels
 from storage.types import utcnow
 
 CHANNEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 MAX_URLS = 10
+# How often reseal() tries one channel that keeps changing under it before leaving it to a re-run.
+RESEAL_ATTEMPTS = 3
 _UNSET: Any = object()
 
 
@@ -82,6 +84,28 @@ class SealedTarget:
             quiet_hours=self.quiet_hours,
             updated_at=self.updated_at,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRef:
+    """A channel named in a report: its id and name, nothing secret."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResealReport:
+    """What ChannelRepository.reseal() did in one tenant."""
+
+    checked: int
+    """Channels looked at."""
+    resealed: int
+    """Channels re-sealed under the newest key (in a dry run: that would be)."""
+    unopenable: tuple[ChannelRef, ...] = ()
+    """Channels no configured key opens, left as they are."""
+    contested: tuple[ChannelRef, ...] = ()
+    """Channels edited again and again while being re-sealed, left for a re-run."""
 
 
 def check_urls(urls: Sequence[str], *, allow_private: bool) -> list[gateway.ParsedUrl]:
@@ -252,21 +276,69 @@ class ChannelRepository:
         stmt = self._scope.delete(notification_channels).where(notification_channels.c.id == channel_id)
         await self._scope.conn.execute(stmt)
 
-    async def reseal(self) -> int:
-        """Re-seal every channel sealed with an older key under the newest; how many changed."""
-        stmt = self._scope.select(
-            notification_channels, notification_channels.c.id, notification_channels.c.urls_sealed
+    async def reseal(self, *, dry_run: bool = False) -> ResealReport:
+        """Re-seal under the newest key every channel sealed with an older one (key rotation).
+
+        A channel no configured key opens is left as it is and listed in ``unopenable``. Each
+        write is conditional on the token read, so a channel edited meanwhile (a server saving new
+        URLs) is never overwritten with its old URLs: it is read again and re-sealed only if its
+        new token needs it too. With ``dry_run`` nothing is written (a read-only scope will do)
+        and ``resealed`` counts the channels that would be.
+        """
+        c = notification_channels.c
+        stmt = self._scope.select(notification_channels, c.id, c.name, c.urls_sealed).order_by(c.id)
+        rows = (await self._scope.conn.execute(stmt)).all()
+        resealed = 0
+        unopenable: list[ChannelRef] = []
+        contested: list[ChannelRef] = []
+        for row in rows:
+            ref, token = ChannelRef(row.id, row.name), row.urls_sealed
+            for _ in range(RESEAL_ATTEMPTS):
+                if not self._sealer.needs_reseal(token):
+                    break
+                try:
+                    fresh = self._sealer.reseal(token)
+                except UnsealError:
+                    unopenable.append(ref)
+                    break
+                if dry_run:
+                    resealed += 1
+                    break
+                if await self._swap_token(row.id, token, fresh):
+                    resealed += 1
+                    break
+                # Changed (or deleted) since it was read: look again, as it is now.
+                now = (
+                    await self._scope.conn.execute(
+                        self._scope.select(notification_channels, c.urls_sealed).where(c.id == row.id)
+                    )
+                ).scalar_one_or_none()
+                if now is None:
+                    break
+                token = now
+            else:
+                if self._sealer.needs_reseal(token):  # as last read: the latest edit may not need it
+                    contested.append(ref)
+        return ResealReport(
+            checked=len(rows),
+            resealed=resealed,
+            unopenable=tuple(unopenable),
+            contested=tuple(contested),
         )
-        changed = 0
-        for row in (await self._scope.conn.execute(stmt)).all():
-            if self._sealer.needs_reseal(row.urls_sealed):
-                await self._scope.conn.execute(
-                    self._scope.update(notification_channels)
-                    .where(notification_channels.c.id == row.id)
-                    .values(urls_sealed=self._sealer.reseal(row.urls_sealed))
-                )
-                changed += 1
-        return changed
+
+    async def _swap_token(self, channel_id: str, expected: str, token: str) -> bool:
+        """Replace the channel's sealed URLs only if they are still ``expected``; whether they were.
+
+        ``updated_at`` stays: the channel as shown (and as cached for delivery) has not changed.
+        """
+        c = notification_channels.c
+        stmt = (
+            self._scope.update(notification_channels)
+            .where(c.id == channel_id, c.urls_sealed == expected)
+            .values(urls_sealed=token)
+        )
+        result = await self._scope.conn.execute(stmt)
+        return bool(result.rowcount == 1)
 
     async def _name_is_free(self, name: str) -> None:
         stmt = self._scope.select(notification_channels, notification_channels.c.id).where(

@@ -2,9 +2,11 @@
 
 ``FLATGIGS_NOTIFY_KEYS`` holds one or more Fernet keys separated by commas, newest first: the
 first seals, all of them open (MultiFernet), so a key is rotated by putting a new one in front,
-re-sealing every channel (``flatgigs notifications rotate-keys``, or ``ChannelRepository.reseal``)
-and then dropping the old key. Without the setting, one key is derived from the process's secret
-key (HKDF-SHA256), so the embedded default seals too; see ADR 0018.
+restarting, re-sealing every channel of every tenant (``flatgigs notifications rotate-keys``,
+which runs ``ChannelRepository.reseal`` per tenant) and then dropping the old key. Without the
+setting, one key is derived from the process's secret key (HKDF-SHA256), so the embedded default
+seals too (``flatgigs notifications derived-key`` prints it, to list after a first key of your
+own); see ADR 0018 and docs/notifications.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``flatgigs`` command line: serve, migrate, administer tenants, users, tokens and devices."""
+"""The ``flatgigs`` command line: serve, migrate, administer tenants, users, tokens, devices and keys."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +23,10 @@ from model.errors import ConfigurationError, PlatformError
 from model.scopes import ALL_SCOPES, ROLE_SCOPES, Role
 from server.settings import Settings, load_settings
 from server.simulator.cli import simulate as simulate_command
+
+if TYPE_CHECKING:
+    from notifiers.channels import ResealReport
+    from notifiers.sealing import UrlSealer
 from storage.database import Database
 
 app = typer.Typer(
@@ -36,12 +40,14 @@ user_app = typer.Typer(help="Users of a tenant.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
 docs_app = typer.Typer(help="Generated documentation.", no_args_is_help=True)
+notifications_app = typer.Typer(help="Notification channel keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(devices_app, name="devices")
 app.add_typer(docs_app, name="docs")
+app.add_typer(notifications_app, name="notifications")
 app.command("simulate")(simulate_command)
 
 console = Console()
@@ -415,6 +421,136 @@ def _count_rows(file: Path) -> int | None:
     with file.open("rb") as handle:
         lines = sum(1 for line in handle if line.strip())
     return lines - 1 if file.suffix.lower() == ".csv" else lines
+
+
+def _notify_sealer(settings: Settings) -> UrlSealer:
+    """The sealer a server with these settings uses (runtime.build_notifier); exit 2 for bad keys."""
+    from notifiers.sealing import UrlSealer
+
+    keys = settings.notify_keys.get_secret_value() if settings.notify_keys else None
+    try:
+        return UrlSealer.from_setting(keys, settings.ensure_secret_key())
+    except ConfigurationError as exc:
+        err_console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@notifications_app.command("rotate-keys")
+def notifications_rotate_keys(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be re-sealed; change nothing.")
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="Progress bar (default: when on a terminal).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Re-seal every tenant's channel URLs with the newest (first) key of FLATGIGS_NOTIFY_KEYS.
+
+    Put the new key first and keep the old ones after it, restart the servers, run this, and
+    drop the old keys only once it exits 0. Channels already sealed with the newest key are left
+    alone, so it can be run again at any time. A channel that no configured key opens is
+    listed (tenant and channel id, no secret), left unchanged, and makes it exit 1.
+    """
+    from notifiers.channels import ChannelRepository
+    from storage.tenancy import TenantRepository
+
+    settings = _settings()
+    sealer = _notify_sealer(settings)
+    show = err_console.is_terminal if progress is None else progress
+
+    async def work(_: Settings, db: Database) -> list[tuple[str, ResealReport]]:
+        async with db.platform() as conn:
+            tenants = [t.id for t in await TenantRepository(conn).list()]
+        reports: list[tuple[str, ResealReport]] = []
+        with Progress(
+            TextColumn("[bold]checking[/bold]" if dry_run else "[bold]re-sealing[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tenants"),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=not show,
+        ) as bar:
+            task = bar.add_task("tenants", total=len(tenants))
+            for tenant_id in tenants:
+                # One transaction per tenant, under its own scope (row-level security on
+                # PostgreSQL): what is done stays done if a later tenant fails.
+                async with db.tenant(tenant_id, readonly=dry_run) as scope:
+                    report = await ChannelRepository(scope, sealer).reseal(dry_run=dry_run)
+                reports.append((tenant_id, report))
+                bar.advance(task)
+        return reports
+
+    if settings.notify_keys is None:
+        err_console.print(
+            "note: FLATGIGS_NOTIFY_KEYS is not set, so the only key is the one derived from the "
+            "secret key (see `flatgigs notifications derived-key`)"
+        )
+    reports = _run(work)
+    unopenable = [(tenant, ref) for tenant, report in reports for ref in report.unopenable]
+    contested = [(tenant, ref) for tenant, report in reports for ref in report.contested]
+    for tenant, ref in unopenable:
+        err_console.print(
+            f"tenant {tenant}: channel {ref.id} ({ref.name!r}) is sealed with a key that is not "
+            "in FLATGIGS_NOTIFY_KEYS; left unchanged",
+            highlight=False,
+        )
+    for tenant, ref in contested:
+        err_console.print(
+            f"tenant {tenant}: channel {ref.id} ({ref.name!r}) kept changing while it was "
+            "re-sealed; left as saved",
+            highlight=False,
+        )
+    checked = sum(report.checked for _, report in reports)
+    resealed = sum(report.resealed for _, report in reports)
+    console.print(
+        f"tenants: {len(reports)}, channels checked: {checked}, "
+        f"{'would be re-sealed' if dry_run else 're-sealed'}: {resealed}",
+        highlight=False,
+    )
+    if unopenable or contested:
+        if unopenable:
+            console.print(
+                f"{len(unopenable)} channel(s) cannot be opened with any configured key: put the key "
+                "they were sealed with back into FLATGIGS_NOTIFY_KEYS (after the newest) and run "
+                "this again, or give them their URLs again (PATCH /api/v1/notifications/channels/{id})",
+                highlight=False,
+            )
+        if contested:
+            console.print(f"{len(contested)} channel(s) changed while re-sealing: run this again")
+        console.print("do not drop any old key yet")
+        raise typer.Exit(1)
+    if dry_run:
+        console.print("dry run: nothing was changed")
+    elif checked == 0:
+        console.print("no notification channels: nothing to re-seal")
+    elif resealed == 0:
+        console.print("every channel is already sealed with the newest key: nothing to re-seal")
+    else:
+        console.print("every channel is now sealed with the newest key: drop the old keys and restart")
+
+
+@notifications_app.command("new-key")
+def notifications_new_key() -> None:
+    """Print a new random key for FLATGIGS_NOTIFY_KEYS (put it first, then run rotate-keys)."""
+    from notifiers.sealing import generate_key
+
+    console.out(generate_key(), highlight=False)
+
+
+@notifications_app.command("derived-key")
+def notifications_derived_key() -> None:
+    """Print the key derived from the secret key: the only key while FLATGIGS_NOTIFY_KEYS is unset.
+
+    Moving to keys of your own, list it after the new key (FLATGIGS_NOTIFY_KEYS=NEW,DERIVED),
+    restart, run rotate-keys, then drop it. Like every key, it is a secret.
+    """
+    from notifiers.sealing import derive_key
+
+    console.out(derive_key(_settings().ensure_secret_key()), highlight=False)
 
 
 def main() -> None:

@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     notify_keys: SecretStr | None = Field(
         default=None,
         description="Fernet keys sealing notification channel URLs, comma-separated, newest first "
-        "(rotate: put a new key first, run `flatgigs notifications rotate-keys`, drop the old one). "
+        "(rotate: put a new key first, restart, run `flatgigs notifications rotate-keys`, then drop "
+        "the old one; see docs/notifications.md). "
         "Default: one key derived from the secret key.",
     )
     notify_max_attempts: int = Field(default=5, ge=1, le=20, description="Delivery attempts per channel.")
