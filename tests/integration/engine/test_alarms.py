@@ -261,6 +261,8 @@ async def test_raises_racing_clears_never_leave_two_active_alarms(
         assert kinds.count(AlarmEventKind.CLEARED) == (0 if alarm.active else 1)
 
 
+# SQLite runs one writing transaction at a time: nothing can interleave there.
+@pytest.mark.parametrize("db_target", ["postgres"], indirect=True)
 async def test_a_raise_that_loses_the_insert_race_updates_the_winner_before_a_clear_can_take_it(
     database: Database, second_process: Database, tenant: TenantHandle
 ) -> None:
@@ -269,8 +271,6 @@ async def test_a_raise_that_loses_the_insert_race_updates_the_winner_before_a_cl
     flapping rule's clear then takes that winner unless the raise holds it. A raise that merely
     re-read after losing went round with every such clear and gave up after five rounds with a
     ConflictError; a lost insert must lock the winner, so that the raise updates it at once."""
-    if database.is_sqlite:
-        pytest.skip("SQLite runs one writing transaction at a time: nothing can interleave")
     other = AlarmService(second_process)
     winners: list[str] = []
     cleared: list[str] = []
