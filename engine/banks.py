@@ -78,9 +78,17 @@ class _Filed:
     entries: dict[str, _Entry]
     above: list[tuple[float, str]]  # the banks' levels, merged
     below: list[tuple[float, str]]
-    # The rules that select the device, each with the interval of values that leave it as it
-    # is while inactive (low, high), then while active (see _quiet_band).
-    selecting: dict[str, tuple[float, float, float, float]]
+    # Whether each rule looked at so far selects the device (rule.selects, asked once per rule).
+    selects: dict[str, bool]
+
+    def picks(self, rule_id: str, device: DeviceView) -> bool:
+        """Whether the banked rule ``rule_id`` selects the device."""
+        known = self.selects.get(rule_id)
+        if known is None:
+            known = self.selects[rule_id] = self.entries[rule_id].rule.selects(
+                device.id, device.type_id, device.labels
+            )
+        return known
 
 
 def bankable(rule: CompiledRule) -> tuple[str, ThresholdCondition] | None:
@@ -249,14 +257,13 @@ class ThresholdBanks:
         if undecided:
             ids += [rid for rid in undecided if rid in entries]
         found: dict[str, CompiledRule] = {}
-        selecting = filed.selecting
         for rid in ids:  # an undecided rule may also be among the crossed ones: once each
-            if rid not in found and rid in selecting:
+            if rid not in found and filed.picks(rid, device):
                 found[rid] = entries[rid].rule
         if primed < filed.newest:
             self._primed[key] = filed.newest
         if not found and number is not None and not undecided:
-            self._quiet[key] = (*_quiet_band(filed, active), filed)
+            self._quiet[key] = (*_quiet_band(filed, device, active, number), filed)
         return list(found.values())
 
     def _file(self, key: Key, device: DeviceView) -> _Filed:
@@ -274,21 +281,8 @@ class ThresholdBanks:
         entries = {rid: e for b in banks for rid, e in b.entries.items()}
         above = sorted(item for b in banks for item in b.above)
         below = sorted(item for b in banks for item in b.below)
-        selecting = {
-            rid: _still(e.condition)
-            for rid, e in entries.items()
-            if e.rule.selects(device.id, device.type_id, device.labels)
-        }
         filed = self._filed[key] = _Filed(
-            self._version,
-            device.type_id,
-            dict(device.labels),
-            banks,
-            newest,
-            entries,
-            above,
-            below,
-            selecting,
+            self._version, device.type_id, dict(device.labels), banks, newest, entries, above, below, {}
         )
         return filed
 
@@ -312,29 +306,40 @@ class ThresholdBanks:
         self._quiet.pop(key, None)
 
 
-def _still(condition: ThresholdCondition) -> tuple[float, float, float, float]:
-    """The open intervals of values that leave a threshold rule as it is: inactive (it raises
-    past its level), then active (it clears past its clear level, or back across its level)."""
-    o = condition.options
-    level = o.clear_at if o.clear_at is not None else o.value
-    if o.operator == "above":
-        return -math.inf, o.value, level, math.inf
-    return o.value, math.inf, -math.inf, level
+def _quiet_band(
+    filed: _Filed, device: DeviceView, active: set[str] | frozenset[str], value: float
+) -> tuple[float, float]:
+    """The open interval around ``value`` in which ``candidates`` finds no rule, when it found
+    none at ``value``: every rule that selects the device stays as it is, active or not.
 
-
-def _quiet_band(filed: _Filed, active: set[str] | frozenset[str]) -> tuple[float, float]:
-    """The open interval of values for which ``candidates`` finds no rule: where every rule that
-    selects the device stays as it is, active or not (the others are never candidates)."""
+    An inactive "above" rule raises past its level, so the nearest such level at or above
+    ``value`` bounds the interval from above ("below" rules: the nearest at or below, from
+    below). An active rule clears past its clear level (or back across its level), which bounds
+    it on the other side. Rules that do not select the device are never candidates. A look from
+    ``value`` along the sorted levels: O(log n) plus the active rules, not O(n).
+    """
     low, high = -math.inf, math.inf
-    for rid, (inactive_low, inactive_high, active_low, active_high) in filed.selecting.items():
-        if rid in active:
-            lo, hi = active_low, active_high
+    above, below = filed.above, filed.below
+    for at in range(bisect.bisect_left(above, (value, "")), len(above)):
+        level, rid = above[at]
+        if rid not in active and filed.picks(rid, device):
+            high = level
+            break
+    for at in range(bisect.bisect_right(below, (value, "\uffff")) - 1, -1, -1):
+        level, rid = below[at]
+        if rid not in active and filed.picks(rid, device):
+            low = level
+            break
+    for rid in active:
+        entry = filed.entries.get(rid)
+        if entry is None or not filed.picks(rid, device):
+            continue
+        o = entry.condition.options
+        level = o.clear_at if o.clear_at is not None else o.value
+        if o.operator == "above":
+            low = max(low, level)
         else:
-            lo, hi = inactive_low, inactive_high
-        if lo > low:
-            low = lo
-        if hi < high:
-            high = hi
+            high = min(high, level)
     return low, high
 
 
