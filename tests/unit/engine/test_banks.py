@@ -222,3 +222,39 @@ def test_banks_are_filed_by_selector_so_other_devices_rules_are_not_scanned() ->
     device = DEVICES[0]  # store s0: only a third of the rules can select it
     primed = index.for_values("acme", device, {"temp": 100.0}, lambda _rid: False)
     assert primed and all(r.document.devices.labels == {"store": "s0"} for r in primed)
+
+
+def test_the_quiet_band_is_found_along_the_sorted_levels_not_over_every_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1,000 "above" rules on every freezer: a device whose value stays below them all gets its
+    band from the nearest level, asking one rule whether it selects the device, not 1,000 (a first
+    version asked them all, and walked them all after each banked evaluation)."""
+    index = RuleIndex()
+    for n in range(1000):
+        document = {
+            "name": f"r{n}",
+            "devices": {"type": "freezer"},
+            "when": [{"type": "telemetry.received", "options": {"metrics": ["temp"]}}],
+            "if": [{"type": "telemetry.threshold", "options": {"metric": "temp", "value": n / 10}}],
+            "then": [{"type": "alarm.raise", "options": {"alarm_type": "warm"}}],
+        }
+        index.put(
+            compile_rule(RuleDocument.model_validate(document), CONTEXT, rule_id=f"r{n:04d}", version=1)
+        )
+    asked: list[str] = []
+    selects = CompiledRule.selects
+
+    def counted(rule: CompiledRule, device_id: str, type_id: str, labels: Any) -> bool:
+        asked.append(rule.rule_id)
+        return selects(rule, device_id, type_id, labels)
+
+    monkeypatch.setattr(CompiledRule, "selects", counted)
+    device = DEVICES[0]
+    for value in (-5.0, -4.0, -1.0, -0.5):  # below every level: nothing to evaluate
+        assert index.banked("acme", device, {"temp": value}, lambda _rule_id: False) == []
+    assert asked == ["r0000"]  # the nearest level bounds the band, asked once
+    # 12.34 crosses 124 levels: those rules are evaluated; their selector is asked once each.
+    crossed = index.banked("acme", device, {"temp": 12.34}, lambda _rule_id: False)
+    assert [r.rule_id for r in crossed] == [f"r{n:04d}" for n in range(124)]
+    assert len(asked) == 124
