@@ -146,6 +146,20 @@ async def _alarms(http: httpx.AsyncClient, t: TenantHandle) -> list[dict[str, An
     return items
 
 
+async def _traces(http: httpx.AsyncClient, t: TenantHandle, rule_id: str, outcome: str) -> list[Any]:
+    """The rule's traces with this outcome, once there is at least one (they are written behind)."""
+    found: list[Any] = []
+
+    async def written() -> bool:
+        r = await http.get(f"/api/v1/rules/{rule_id}/traces", params={"outcome": outcome}, headers=t.headers)
+        assert r.status_code == 200, r.text
+        found[:] = r.json()
+        return bool(found)
+
+    await _wait(written)
+    return found
+
+
 async def _wait(predicate: Any, limit: float = 20) -> None:
     async with asyncio.timeout(limit):
         while not await predicate():
@@ -166,9 +180,8 @@ async def test_rule_fires_raises_clears_and_explains(
         await _wait(raised)
         [alarm] = await _alarms(http, t)
         assert alarm["device_id"] == "fz-1" and alarm["severity"] == "major" and alarm["rule_id"] == rule_id
-        fired = (
-            await http.get(f"/api/v1/rules/{rule_id}/traces", params={"outcome": "fired"}, headers=t.headers)
-        ).json()
+        # Traces are written behind (ADR 0023): the alarm, written by the action, can be seen first.
+        fired = await _traces(http, t, rule_id, "fired")
         assert len(fired) == 1
         trace = fired[0]
         assert trace["at"].startswith((T0 + timedelta(seconds=300)).isoformat()[:19])
@@ -197,11 +210,7 @@ async def test_rule_fires_raises_clears_and_explains(
             return all(a["state"].startswith("cleared") for a in await _alarms(http, t))
 
         await _wait(cleared)
-        cleared_traces = (
-            await http.get(
-                f"/api/v1/rules/{rule_id}/traces", params={"outcome": "cleared"}, headers=t.headers
-            )
-        ).json()
+        cleared_traces = await _traces(http, t, rule_id, "cleared")
         assert len(cleared_traces) == 1
         assert cleared_traces[0]["at"].startswith((T0 + timedelta(seconds=520)).isoformat()[:19])
 
