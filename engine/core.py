@@ -135,7 +135,7 @@ class EngineCore:
         groups = self._groups.setdefault((tenant_id, device.id), {})
         group = None
         if members:
-            group = groups[key[2]] = LevelGroup(tenant_id, device.id, members, None)
+            group = groups[key[2]] = LevelGroup(tenant_id, device.id, members)
         else:
             groups.pop(key[2], None)
         plan = _Plan(self.index.generation, self._drops, device.type_id, dict(device.labels), single, group)

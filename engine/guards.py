@@ -240,14 +240,13 @@ class LevelGroup:
         "recheck",
         "rules",
         "running",
-        "stamp",
         "tenant_id",
         "timed",
         "watch",
         "windows",
     )
 
-    def __init__(self, tenant_id: str, device_id: str, rules: Iterable[CompiledRule], stamp: Any) -> None:
+    def __init__(self, tenant_id: str, device_id: str, rules: Iterable[CompiledRule]) -> None:
         self.tenant_id, self.device_id = tenant_id, device_id
         self.rules = {r.rule_id: r for r in rules}
         leveled: dict[str, list[tuple[float, str]]] = {}
@@ -284,7 +283,6 @@ class LevelGroup:
         self.timed: set[str] = set(self.rules)  # may have a timer pending (checked against timers)
         self.next_due: datetime | None = None  # the earliest of their timers (None: look)
         self.recheck: set[str] = set()
-        self.stamp = stamp
 
     def candidates(
         self,
